@@ -1,0 +1,9 @@
+"""mechwork: a mechanistic-interpretability workbench on TransformerLens 4.x."""
+
+from importlib.metadata import version as _version
+
+from .models import ModelNotAvailableError, load, zoo
+
+__version__ = _version("mechwork")
+
+__all__ = ["ModelNotAvailableError", "__version__", "load", "zoo"]

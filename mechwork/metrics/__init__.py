@@ -1,0 +1,25 @@
+"""Metrics: scalar functions of logits used by patching, attribution and discovery."""
+
+from ._metrics import (
+    Accuracy,
+    CrossEntropy,
+    KLDivergence,
+    LogitDiff,
+    MetricError,
+    PositionMetric,
+    ProbDiff,
+    as_scalar,
+    metric_name,
+)
+
+__all__ = [
+    "Accuracy",
+    "CrossEntropy",
+    "KLDivergence",
+    "LogitDiff",
+    "MetricError",
+    "PositionMetric",
+    "ProbDiff",
+    "as_scalar",
+    "metric_name",
+]

@@ -1,0 +1,97 @@
+"""``load(spec)``: one path from a model reference to a TransformerLens 4.x ``TransformerBridge``.
+
+A spec is a zoo reference (``"zoo:induction"``), a local Hugging Face checkpoint folder, or a hub
+name (``"gpt2"``). All three end in ``TransformerBridge.boot_transformers`` on a local folder or a
+hub name, so zoo models travel the same path as GPT-2.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from .zoo import ensure_built, get_entry
+
+ZOO_PREFIX = "zoo:"
+
+
+class ModelNotAvailableError(RuntimeError):
+    """The weights for a model spec cannot be found (offline hub, wrong path)."""
+
+
+def _hub_offline() -> bool:
+    truthy = {"1", "true", "yes", "on"}
+    return any(os.environ.get(v, "").lower() in truthy for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _hub_cached(name: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(name, "config.json")
+    return isinstance(found, str)
+
+
+def resolve_spec(spec: str | os.PathLike) -> str:
+    """Turn a spec into what ``boot_transformers`` takes: a local folder or a hub name."""
+    text = os.fspath(spec)
+    if text.startswith(ZOO_PREFIX):
+        return str(ensure_built(get_entry(text[len(ZOO_PREFIX) :])))
+    path = Path(text).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelNotAvailableError(
+                f"{path} exists but is not a Hugging Face checkpoint folder (no config.json); "
+                "save one with model.save_pretrained(path) and tokenizer.save_pretrained(path)"
+            )
+        return str(path)
+    if text.startswith((".", "/", "~")) or os.sep in text.strip("/") and text.count("/") > 1:
+        raise ModelNotAvailableError(f"no checkpoint folder at {path}")
+    if _hub_offline() and not _hub_cached(text):
+        raise ModelNotAvailableError(
+            f"{text!r} is not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE). "
+            f"Point mechwork.load at a local copy instead: on a machine with access run "
+            f"AutoModelForCausalLM.from_pretrained({text!r}).save_pretrained(DIR) and the same for "
+            f"AutoTokenizer, copy DIR here, and call mechwork.load(DIR); or use a zoo model "
+            f"('mechwork zoo list')."
+        )
+    return text
+
+
+def load(
+    spec: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    edge_hooks: bool = True,
+) -> TransformerBridge:
+    """Load a model for analysis.
+
+    Args:
+        spec: ``"zoo:NAME"``, a local checkpoint folder, or a hub name such as ``"gpt2"``.
+        device: where to put the weights.
+        dtype: parameter dtype.
+        edge_hooks: enable the per-head hooks edge-level work needs: ``blocks.{l}.attn.hook_result``
+            (each head's write to the residual), ``blocks.{l}.hook_{q,k,v}_input`` (each head's own
+            copy of its input) and ``blocks.{l}.hook_mlp_in``.
+
+    Returns:
+        A ``TransformerBridge`` in eval mode with TransformerLens hook names (``blocks.{l}.attn.hook_z``,
+        ``blocks.{l}.hook_resid_pre``, ...). Weights are the checkpoint's own (no LayerNorm folding),
+        so logits match Hugging Face's.
+    """
+    target = resolve_spec(spec)
+    try:
+        bridge = TransformerBridge.boot_transformers(target, device=device, dtype=dtype)
+    except OSError as exc:  # hub misses surface as OSError from transformers
+        raise ModelNotAvailableError(f"could not load {os.fspath(spec)!r}: {exc}") from exc
+    bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
+    if edge_hooks:
+        bridge.set_use_attn_result(True)
+        bridge.set_use_split_qkv_input(True)
+        bridge.set_use_hook_mlp_in(True)
+    bridge.eval()
+    bridge.mechwork_spec = os.fspath(spec)
+    return bridge

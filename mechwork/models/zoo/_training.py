@@ -1,0 +1,117 @@
+"""Seeded, reproducible training of small GPT-2-architecture classifiers for the zoo.
+
+The model reads a fixed-length token sequence and answers at the last position with one of a few
+label tokens; the loss is cross-entropy over those label tokens' logits. Architecture and every
+optimiser hyper-parameter are arguments, so published recipes can be rerun as they were.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+from transformers import GPT2Config, GPT2LMHeadModel
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """GPT-2 block shape; ``activation`` is a Hugging Face activation name (``relu``, ``gelu_new``)."""
+
+    d_model: int = 64
+    n_layers: int = 1
+    n_heads: int = 4
+    d_mlp: int = 256
+    n_ctx: int = 8
+    activation: str = "relu"
+
+    def hf_config(self, vocab_size: int) -> GPT2Config:
+        return GPT2Config(
+            vocab_size=vocab_size,
+            n_positions=self.n_ctx,
+            n_embd=self.d_model,
+            n_layer=self.n_layers,
+            n_head=self.n_heads,
+            n_inner=self.d_mlp,
+            activation_function=self.activation,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            tie_word_embeddings=False,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
+
+
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """AdamW training; ``batch_size=None`` means full-batch (one step per epoch)."""
+
+    epochs: int = 300
+    lr: float = 3e-3
+    weight_decay: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    batch_size: int | None = None
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainingResult:
+    model: GPT2LMHeadModel
+    train_accuracy: float
+    test_accuracy: float
+    seconds: float
+
+
+def label_logits(model: GPT2LMHeadModel, inputs: Tensor, label_tokens: Tensor) -> Tensor:
+    return model(inputs).logits[:, -1][:, label_tokens]
+
+
+@torch.no_grad()
+def accuracy(model: GPT2LMHeadModel, inputs: Tensor, labels: Tensor, label_tokens: Tensor) -> float:
+    if len(inputs) == 0:
+        return float("nan")
+    preds = torch.cat([label_logits(model, chunk, label_tokens).argmax(-1) for chunk in inputs.split(4096)])
+    return float((preds == labels).float().mean())
+
+
+def train_classifier(
+    inputs: Int[Tensor, "n pos"],
+    labels: Int[Tensor, " n"],
+    train_mask: Tensor,
+    *,
+    vocab_size: int,
+    label_tokens: Int[Tensor, " n_labels"],
+    arch: Architecture,
+    recipe: TrainingRecipe,
+) -> TrainingResult:
+    """Train on ``inputs[train_mask]``; report accuracy on both splits. ``labels`` index ``label_tokens``."""
+    if inputs.shape[1] > arch.n_ctx:
+        raise ValueError(f"inputs have {inputs.shape[1]} positions but n_ctx is {arch.n_ctx}")
+    torch.manual_seed(recipe.seed)
+    model = GPT2LMHeadModel(arch.hf_config(vocab_size))
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, betas=recipe.betas)
+    x, y = inputs[train_mask], labels[train_mask]
+    g = torch.Generator().manual_seed(recipe.seed)
+    start = time.perf_counter()
+    for _ in range(recipe.epochs):
+        order = torch.randperm(len(x), generator=g)
+        for idx in order.split(recipe.batch_size or len(x)):
+            loss = torch.nn.functional.cross_entropy(label_logits(model, x[idx], label_tokens), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    model.eval()
+    return TrainingResult(
+        model=model,
+        train_accuracy=accuracy(model, x, y, label_tokens),
+        test_accuracy=accuracy(model, inputs[~train_mask], labels[~train_mask], label_tokens),
+        seconds=time.perf_counter() - start,
+    )
