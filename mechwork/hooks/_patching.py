@@ -93,6 +93,10 @@ def _coords(v: Variant, per_position: bool, per_head: bool) -> list[int]:
 
 
 def _hook_and_start(site: Site, layer: int) -> tuple[str | None, int]:
+    if site is Site.RESID_MID:
+        # The bridge's hook_resid_mid is LayerNorm 2's input: patching it changes what the MLP reads but
+        # not the residual stream. Setting attn_out to (target mid - resid_pre) patches the stream itself.
+        return f"blocks.{layer}.hook_attn_out", layer
     if site is Site.RESID_PRE:
         return None, layer
     if site is Site.RESID_POST:
@@ -141,6 +145,8 @@ def execute_plan(
     for job in tqdm(plan.jobs, disable=not progress, desc=f"patching {plan.site.value}"):
         base = base_acts[resid_name(model, job.start_layer)]
         source = source_acts[job.source]
+        if plan.site is Site.RESID_MID:
+            source = source - base  # the attn_out that makes resid_mid equal the source's
         per_chunk = max(1, max_batch // base.shape[0])
         for start in range(0, len(job.masks), per_chunk):
             masks = job.masks[start : start + per_chunk].to(base.device)
@@ -151,7 +157,8 @@ def execute_plan(
             else:
                 hooks = [(job.hook, lambda act, hook, s=source, m=masks: _patched(act, s, m))]
             logits = run_from(model, resid, job.start_layer, position=position, fwd_hooks=hooks)
-            for row, value in zip(job.index[start : start + per_chunk], score_variants(metric, logits, len(masks))):
+            scores = score_variants(metric, logits, len(masks))
+            for row, value in zip(job.index[start : start + per_chunk], scores, strict=True):
                 values[tuple(row.tolist())] = value
     return values
 

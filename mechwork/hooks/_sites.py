@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import torch
 from torch import Tensor
 
 
-class Site(str, Enum):
+class Site(StrEnum):
     """What to patch. Values are TransformerLens activation names."""
 
     RESID_PRE = "resid_pre"  # blocks.{l}.hook_resid_pre      [batch, pos, d_model]

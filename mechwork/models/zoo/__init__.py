@@ -1,5 +1,6 @@
 """The zoo: small models with planted, known mechanisms, stored as Hugging Face checkpoints."""
 
+from ..._nodes import edge, edge_nodes, head_node, mlp_node
 from . import induction, lookup
 from ._registry import UnknownZooModelError, ZooEntry, entries, get_entry, register
 from ._store import build_facts, cache_root, checkpoint_dir, ensure_built, is_built
@@ -10,10 +11,6 @@ from ._types import (
     Task,
     TaskData,
     TriggerGroundTruth,
-    edge,
-    edge_nodes,
-    head_node,
-    mlp_node,
 )
 from ._writer import constructed_builder
 

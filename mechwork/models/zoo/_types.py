@@ -21,27 +21,6 @@ from ...metrics import Accuracy, LogitDiff
 GroundTruthKind = Literal["circuit", "labelling-function", "trigger"]
 
 
-def head_node(layer: int, head: int) -> str:
-    return f"blocks.{layer}.attn.head.{head}"
-
-
-def mlp_node(layer: int) -> str:
-    return f"blocks.{layer}.mlp"
-
-
-def edge(src: str, dst: str, port: str | None = None) -> str:
-    """``edge("input", head_node(1, 0), "q")`` -> ``"input->blocks.1.attn.head.0.q"``."""
-    return f"{src}->{dst}.{port}" if port else f"{src}->{dst}"
-
-
-def edge_nodes(name: str) -> tuple[str, str]:
-    """Source and destination *node* of an edge name (the q/k/v port stripped)."""
-    src, dst = name.split("->")
-    if dst.endswith((".q", ".k", ".v")) and ".attn.head." in dst:
-        dst = dst[:-2]
-    return src, dst
-
-
 @dataclass(frozen=True)
 class TaskData:
     """Clean/corrupted prompt pairs with the answer the clean prompt should give.

@@ -23,9 +23,10 @@ import string
 import torch
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from ..._nodes import edge, head_node
 from .._tokenizer import word_level_tokenizer
 from ._construct import GPT2Constructor, ResidualLayout, one_hot_rows, random_map
-from ._types import CircuitGroundTruth, Task, TaskData, distinct_tokens, edge, head_node
+from ._types import CircuitGroundTruth, Task, TaskData, distinct_tokens
 
 VOCAB = ["<bos>", *string.ascii_lowercase]
 N_CTX = 16

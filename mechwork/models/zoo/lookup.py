@@ -21,9 +21,10 @@ import string
 import torch
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from ..._nodes import edge, head_node, mlp_node
 from .._tokenizer import word_level_tokenizer
 from ._construct import GPT2Constructor, ResidualLayout, one_hot_rows, random_map
-from ._types import CircuitGroundTruth, Task, TaskData, distinct_tokens, edge, head_node, mlp_node
+from ._types import CircuitGroundTruth, Task, TaskData, distinct_tokens
 
 LETTERS = list(string.ascii_lowercase)
 VOCAB = ["<bos>", *LETTERS, "="]
