@@ -2,8 +2,9 @@
 
 from importlib.metadata import version as _version
 
+from . import hooks, metrics
 from .models import ModelNotAvailableError, load, zoo
 
 __version__ = _version("mechwork")
 
-__all__ = ["ModelNotAvailableError", "__version__", "load", "zoo"]
+__all__ = ["ModelNotAvailableError", "__version__", "hooks", "load", "metrics", "zoo"]
