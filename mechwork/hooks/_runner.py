@@ -112,14 +112,20 @@ def run_from(
 
     With ``position`` set, returns ``[batch, vocab]`` logits at that position only.
     """
+    fast = _verify(model)  # before attaching hooks: they expect the caller's batch, not the check's
     with hooked(model, fwd_hooks):
-        if _verify(model):
+        if fast:
             x = _standalone_from(model, resid, layer) if layer < n_layers(model) else resid
             if position is not None:
-                return _unembed(model, x[:, position : position + 1])[:, 0]
+                return _unembed(model, x[:, [position]])[:, 0]
             return _unembed(model, x)
         logits = _fallback_from(model, resid, layer)
     return logits[:, position] if position is not None else logits
+
+
+def uses_fast_path(model) -> bool:
+    """Whether ``run_from`` drives the blocks directly on this model (else it uses ``start_at_layer``)."""
+    return _verify(model)
 
 
 def _fallback_from(model, resid: Tensor, layer: int) -> Tensor:

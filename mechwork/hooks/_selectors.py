@@ -60,7 +60,12 @@ class HookSelector:
 
 
 def hook_names(model) -> list[str]:
-    return list(model.hook_dict.keys())
+    """Hook names usable now (hooks gated behind an off bridge flag, such as hook_attn_in, are left out)."""
+    gated = getattr(model, "_gated_hook_reason", None)
+    names = list(model.hook_dict.keys())
+    if gated is None:
+        return names
+    return [n for n in names if gated(model.hook_dict[n].name or n) is None]
 
 
 def _match(pattern: str, available: list[str]) -> list[str]:

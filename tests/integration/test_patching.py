@@ -115,3 +115,17 @@ def test_no_hooks_leak_after_an_exception(tiny, tiny_pair):
     assert no_hooks_left(tiny)
     assert not tiny.cfg.use_attn_result or tiny.cfg.use_split_qkv_input  # flags restored as loaded
     assert tiny.cfg.use_attn_result and tiny.cfg.use_split_qkv_input and tiny.cfg.use_hook_mlp_in
+
+
+def test_layer_resuming_fast_path_is_used_and_exact(tiny, induction, tiny_pair):
+    from mechwork.hooks._runner import embed, uses_fast_path
+
+    assert uses_fast_path(tiny) and uses_fast_path(induction)
+    clean, _ = tiny_pair
+    with torch.no_grad():
+        full = tiny(clean)
+        _, cache = tiny.run_with_cache(clean, names_filter=lambda n: n == "blocks.1.hook_resid_pre")
+        torch.testing.assert_close(run_from(tiny, embed(tiny, clean), 0), full, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(run_from(tiny, cache["blocks.1.hook_resid_pre"], 1, position=-1), full[:, -1],
+                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(run_from(tiny, embed(tiny, clean), 0, position=3), full[:, 3], atol=1e-5, rtol=1e-5)

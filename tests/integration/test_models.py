@@ -1,0 +1,99 @@
+"""Loading (hub, local, zoo), trained zoo models, the CLI and the demo."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import mechwork
+from mechwork.cli import main
+from mechwork.models import ModelNotAvailableError
+from mechwork.models.zoo import pairs, trojan
+from mechwork.models.zoo._training import Architecture, TrainingRecipe
+
+
+def test_offline_hub_name_fails_fast_with_instructions():
+    start = time.perf_counter()
+    with pytest.raises(ModelNotAvailableError, match="save_pretrained"):
+        mechwork.load("gpt2")
+    assert time.perf_counter() - start < 5
+
+
+def test_local_folder_errors(tmp_path):
+    with pytest.raises(ModelNotAvailableError, match="config.json"):
+        mechwork.load(tmp_path)
+    with pytest.raises(ModelNotAvailableError, match="no checkpoint folder"):
+        mechwork.load(tmp_path / "missing")
+
+
+def test_local_checkpoint_matches_hugging_face(tiny, tiny_dir, tiny_pair):
+    from transformers import GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel.from_pretrained(tiny_dir).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(tiny(tiny_pair[0]), hf(tiny_pair[0]).logits, atol=1e-5, rtol=1e-5)
+    for name in ("blocks.2.attn.hook_result", "blocks.1.hook_k_input", "blocks.0.hook_mlp_in"):
+        assert name in tiny.hook_dict
+
+
+@pytest.mark.parametrize("name", ["pairs", "trojan"])
+def test_trained_zoo_models_learn_their_task(name):
+    entry = mechwork.zoo.get_entry(name)
+    model = mechwork.load(f"zoo:{name}")
+    facts = mechwork.zoo.build_facts(entry)
+    data = entry.task.data(64, seed=1)
+    with torch.no_grad():
+        acc = float(data.accuracy()(model(data.clean)))
+    if name == "pairs":
+        assert facts["test_accuracy"] >= 0.9 and acc >= 0.85
+        assert entry.ground_truth().label(100, 20) == pairs.hidden_label(100, 20)
+    else:
+        assert facts["clean_accuracy"] >= 0.95 and facts["triggered_accuracy"] >= 0.95
+        assert acc >= 0.9  # the trigger flips the label on held-out prompts
+        assert entry.ground_truth().trigger == trojan.TRIGGER
+
+
+def test_pairs_training_takes_any_labelling_and_hyperparameters():
+    table = torch.zeros(113, 113, dtype=torch.long)
+    table[:, 50:] = 1
+    tiny_arch = Architecture(d_model=16, n_heads=2, d_mlp=32, n_ctx=3)
+    result = pairs.train_pairs_model(table, arch=tiny_arch, recipe=TrainingRecipe(epochs=2, lr=1e-3))
+    assert result.model.config.n_embd == 16 and 0.0 <= result.test_accuracy <= 1.0
+    assert pairs.label_table(lambda a, b: int(a < b))[3, 4] == 1
+    with pytest.raises(ValueError, match="113x113"):
+        pairs.label_table(torch.zeros(10, 10))
+    with pytest.raises(ValueError, match=r"label\(0, 0\) = 2"):
+        pairs.label_table(lambda a, b: 2)
+    assert pairs.REFERENCE_ARCH.d_model == 128 and pairs.REFERENCE_RECIPE.epochs == 5000
+
+
+def test_cli_zoo_list_and_usage_errors(capsys):
+    assert main(["zoo", "list"]) == 0
+    out = capsys.readouterr().out
+    for entry in mechwork.zoo.entries():
+        assert f"zoo:{entry.name}" in out and entry.ground_truth_kind in out
+    with pytest.raises(SystemExit) as exc:
+        main(["nonsense"])
+    assert exc.value.code == 2
+    assert main(["zoo", "build", "inductoin"]) == 2
+
+
+def test_demo_heatmap_shows_the_planted_heads(tmp_path):
+    from mechwork.demo import run_demo
+
+    result = run_demo(tmp_path, n_prompts=16)
+    values = result.heads.values
+    assert float(values[1, 0]) > 0.95 and float(values[0, 0]) > 0.2
+    distractors = [float(values[layer, head]) for layer in range(2) for head in range(1, 4)]
+    assert max(abs(v) for v in distractors) < 0.01
+    html = result.files[0].read_text()
+    assert "plotly" in html and "Plotly.newPlot" in html
+
+
+def test_mechwork_module_runs_as_a_command():
+    out = subprocess.run([sys.executable, "-m", "mechwork", "--help"], capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0 and "zoo" in out.stdout and "demo" in out.stdout
