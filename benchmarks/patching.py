@@ -21,6 +21,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only-caching", action="store_true", help="skip the sweeps")
     args = parser.parse_args()
     torch.manual_seed(0)
     model = gpt2_small_random()
@@ -33,10 +34,10 @@ def main() -> None:
     # Every timing, baselines included, runs with the bridge's per-head edge hooks off: they make a forward
     # slower, and a fair baseline is the fastest plain forward.
     with hook_flags(model, attn_result=False, split_qkv=False, mlp_in=False):
-        run(model, clean, corrupted, metric, args.repeats)
+        run(model, clean, corrupted, metric, args.repeats, args.only_caching)
 
 
-def run(model, clean, corrupted, metric, repeats: int) -> None:
+def run(model, clean, corrupted, metric, repeats: int, only_caching: bool) -> None:
     device = clean.device
     print(f"fast layer-resuming path in use: {uses_fast_path(model)}")
 
@@ -45,30 +46,32 @@ def run(model, clean, corrupted, metric, repeats: int) -> None:
         hf_forward = median_seconds(lambda: model.original_model(clean), repeats=max(5, repeats))
     print(f"plain bridge forward: {forward * 1e3:.1f} ms (Hugging Face model alone: {hf_forward * 1e3:.1f} ms)")
 
-    with torch.no_grad():
-        _, clean_cache = model.run_with_cache(clean)
-    tl_values = {}
-
-    def tl_sweep():
+    if not only_caching:
         with torch.no_grad():
-            tl_values["v"] = patching.get_act_patch_attn_head_out_all_pos(model, corrupted, clean_cache, metric)
+            _, clean_cache = model.run_with_cache(clean)
+        tl_values = {}
 
-    ours = {}
+        def tl_sweep():
+            with torch.no_grad():
+                tl_values["v"] = patching.get_act_patch_attn_head_out_all_pos(model, corrupted, clean_cache, metric)
 
-    def our_sweep():
-        ours["r"] = activation_patching(model, clean, corrupted, metric, "z")
+        ours = {}
 
-    t_tl = median_seconds(tl_sweep, repeats=repeats, warmup=0)
-    t_ours = median_seconds(our_sweep, repeats=repeats, warmup=0)
-    diff = float((ours["r"].values.to(device) - torch.as_tensor(tl_values["v"]).float()).abs().max())
-    print(
-        f"head-output sweep, all 144 heads: mechwork {t_ours:.2f} s ({t_ours / forward:.0f} forwards) | "
-        f"TransformerLens {t_tl:.2f} s ({t_tl / forward:.0f} forwards) | speed-up {t_tl / t_ours:.2f}x "
-        f"(target >= 1.8x) | max |diff| {diff:.2e}"
-    )
+        def our_sweep():
+            ours["r"] = activation_patching(model, clean, corrupted, metric, "z")
 
-    t_attr = median_seconds(lambda: attribution_patching(model, clean, corrupted, metric, "z"), repeats=5)
-    print(f"attribution patching, all heads: {t_attr * 1e3:.0f} ms = {t_attr / forward:.2f} forwards (target <= 3.5)")
+        t_tl = median_seconds(tl_sweep, repeats=repeats, warmup=0)
+        t_ours = median_seconds(our_sweep, repeats=repeats, warmup=0)
+        diff = float((ours["r"].values.to(device) - torch.as_tensor(tl_values["v"]).float()).abs().max())
+        print(
+            f"head-output sweep, all 144 heads: mechwork {t_ours:.2f} s ({t_ours / forward:.0f} forwards) | "
+            f"TransformerLens {t_tl:.2f} s ({t_tl / forward:.0f} forwards) | speed-up {t_tl / t_ours:.2f}x "
+            f"(target >= 1.8x) | max |diff| {diff:.2e}"
+        )
+
+        t_attr = median_seconds(lambda: attribution_patching(model, clean, corrupted, metric, "z"), repeats=5)
+        ratio = t_attr / forward
+        print(f"attribution patching, all heads: {t_attr * 1e3:.0f} ms = {ratio:.2f} forwards (target <= 3.5)")
 
     selected = [f"blocks.{layer}.{h}" for layer in range(model.cfg.n_layers)
                 for h in ("hook_resid_pre", "attn.hook_z", "hook_mlp_out")]

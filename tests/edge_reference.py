@@ -29,7 +29,8 @@ def _outputs_hooks(n_layers, n_heads, store):
             for h in range(n_heads):
                 store[head_node(layer, h)] = a[:, :, h]
         hooks.append((f"blocks.{layer}.attn.hook_result", heads))
-        hooks.append((f"blocks.{layer}.hook_mlp_out", lambda a, hook, layer=layer: store.__setitem__(mlp_node(layer), a)))
+        keep_mlp = lambda a, hook, layer=layer: store.__setitem__(mlp_node(layer), a)  # noqa: E731
+        hooks.append((f"blocks.{layer}.hook_mlp_out", keep_mlp))
     return hooks
 
 

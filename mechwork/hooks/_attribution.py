@@ -85,12 +85,14 @@ def attribution_patching(
         with torch.no_grad():
             source_logits, source = cache_activations(model, source_tokens, hooks)
         base_acts: dict[str, Tensor] = {}
+        # Hooks fire under their canonical name, which may be an alias of the requested one.
+        requested = {id(model.hook_dict[h]): h for h in hooks}
 
         def keep(act: Tensor, hook) -> Tensor:
             # Return a fresh tensor so the gradient is taken on what actually flows downstream.
             flowing = act.clone()
             flowing.retain_grad()
-            base_acts[hook.name if hook.name in hooks else _alias(hook, hooks)] = flowing
+            base_acts[requested[id(hook)]] = flowing
             return flowing
 
         with frozen_parameters(model), torch.enable_grad():
@@ -123,10 +125,3 @@ def attribution_patching(
         position_labels=position_labels(model, clean) if per_position else None,
     )
 
-
-def _alias(hook, wanted: list[str]) -> str:
-    """The requested alias of a hook point that fired under its canonical name."""
-    for name in wanted:
-        if name in getattr(hook, "alias_names", ()) or name.endswith(str(hook.name)):
-            return name
-    return str(hook.name)

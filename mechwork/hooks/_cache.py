@@ -45,14 +45,16 @@ def cache_activations(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Run ``model`` on ``tokens`` once; return its logits and the selected activations by hook name."""
     tokens = check_tokens(model, tokens)
-    names = HookSelector.of(selector).resolve(model)
+    sel = HookSelector.of(selector)
+    names = sel.resolve(model)
     store: dict[str, Tensor] = {}
     with hooked(model, _store_hooks(names, store)):
         logits = model(tokens)
-    missing = [n for n in names if n not in store]
+    # A hook named outright must fire; hooks picked by a pattern may be inactive in this configuration.
+    missing = [n for n in names if n not in store and n in sel.patterns]
     if missing:
         raise RuntimeError(f"these hooks did not fire during the forward pass: {missing}")
-    return logits, {n: store[n] for n in names}
+    return logits, {n: store[n] for n in names if n in store}
 
 
 def _batches(tokens: Tensor | Iterable[Tensor], batch_size: int) -> Iterator[Tensor]:
@@ -113,7 +115,8 @@ def stream_activations(
         if index < done:
             continue
         _, acts = cache_activations(model, batch, names)
-        tensors = {n: (a.to(dtype) if dtype else a).contiguous().cpu() for n, a in acts.items()}
+        # clone: aliases (resid_post of l, resid_pre of l+1) share storage, which safetensors refuses
+        tensors = {n: (a.to(dtype) if dtype else a).cpu().clone() for n, a in acts.items()}
         shard_name = f"shard-{index:06d}.safetensors"
         tmp = out / f".{shard_name}.tmp"
         save_file(tensors, str(tmp))

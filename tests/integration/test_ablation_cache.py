@@ -1,6 +1,7 @@
 """Ablations, caching, streaming to disk (bounded memory, resumable, atomic) and hook selectors."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -121,7 +122,7 @@ def test_streaming_memory_stays_bounded(tiny_dir, tmp_path):
 
     def peak_kib(n: int, folder) -> int:
         out = subprocess.run([sys.executable, "-c", script, str(n), str(folder)], capture_output=True, text=True,
-                             check=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+                             check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         return int(out.stdout.strip().splitlines()[-1])
 
     small = peak_kib(1024, tmp_path / "small")

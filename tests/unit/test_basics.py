@@ -37,7 +37,8 @@ def test_metric_errors():
 
 def test_node_and_edge_names():
     assert edge("input", head_node(1, 0), "q") == "input->blocks.1.attn.head.0.q"
-    assert edge_nodes("blocks.0.attn.head.2->blocks.3.attn.head.1.k") == ("blocks.0.attn.head.2", "blocks.3.attn.head.1")
+    src, dst = edge_nodes("blocks.0.attn.head.2->blocks.3.attn.head.1.k")
+    assert (src, dst) == ("blocks.0.attn.head.2", "blocks.3.attn.head.1")
     ref = parse_node("blocks.2.attn.head.5.v")
     assert (ref.kind, ref.layer, ref.head, ref.port) == ("head", 2, 5, "v")
     assert parse_node("blocks.3.mlp").kind == "mlp"
