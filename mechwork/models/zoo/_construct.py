@@ -120,6 +120,18 @@ class GPT2Constructor:
     def sub(self, name: str) -> slice:
         return self.layout[name].slice
 
+    def reader(self, space: str, block: Tensor) -> Tensor:
+        """``[d_ideal, d_head]`` map that reads ``block`` out of subspace ``space`` (for W_Q, W_K, W_V)."""
+        w = torch.zeros(self.layout.d_ideal, self.d_head)
+        w[self.sub(space)] = block
+        return w
+
+    def writer(self, space: str, block: Tensor) -> Tensor:
+        """``[d_head, d_ideal]`` map writing ``block``'s rows into subspace ``space`` (for W_O)."""
+        w = torch.zeros(self.d_head, self.layout.d_ideal)
+        w[: block.shape[0], self.sub(space)] = block
+        return w
+
     def set_head(
         self,
         layer: int,

@@ -52,21 +52,13 @@ def build() -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast]:
     lay = _layout()
     v = len(VOCAB)
     c = GPT2Constructor(lay, n_layers=2, n_heads=N_HEADS, vocab_size=v, n_ctx=N_CTX, d_mlp=32)
-    di, dh = lay.d_ideal, c.d_head
+    dh = c.d_head
     s = c.sub
     c.tok_embed[:, s("tok")] = torch.eye(v)
     c.pos_embed[:, s("pos")] = torch.eye(N_CTX)
     c.pos_embed[:, s("one")] = 1.0
 
-    def reader(space: str, block: torch.Tensor) -> torch.Tensor:
-        w = torch.zeros(di, dh)
-        w[s(space)] = block
-        return w
-
-    def writer(space: str, block: torch.Tensor) -> torch.Tensor:
-        w = torch.zeros(dh, di)
-        w[: block.shape[0], s(space)] = block
-        return w
+    reader, writer = c.reader, c.writer
 
     ident_v = one_hot_rows(v, dh)
     shift = torch.zeros(N_CTX, dh)  # query at position p points at key slot p-1
