@@ -59,7 +59,7 @@ def _reduce(site: Site, prod: Tensor, per_position: bool) -> Tensor:
 def attribution_patching(
     model,
     clean: Int[Tensor, "batch pos"],
-    corrupted: Int[Tensor, "batch pos"],
+    corrupted: Int[Tensor, "_batch _pos"],  # shape checked by check_pair, with a clear message
     metric: Metric,
     site: Site | str = Site.Z,
     *,
@@ -86,7 +86,8 @@ def attribution_patching(
             source_logits, source = cache_activations(model, source_tokens, hooks)
         base_acts: dict[str, Tensor] = {}
         # Hooks fire under their canonical name, which may be an alias of the requested one.
-        requested = {id(model.hook_dict[h]): h for h in hooks}
+        hook_dict = model.hook_dict  # rebuilt by the bridge on every access
+        requested = {id(hook_dict[h]): h for h in hooks}
 
         def keep(act: Tensor, hook) -> Tensor:
             # Return a fresh tensor so the gradient is taken on what actually flows downstream.

@@ -181,7 +181,7 @@ def check_direction(direction: str) -> None:
 def activation_patching(
     model,
     clean: Int[Tensor, "batch pos"],
-    corrupted: Int[Tensor, "batch pos"],
+    corrupted: Int[Tensor, "_batch _pos"],  # shape checked by check_pair, with a clear message
     metric: Metric,
     site: Site | str = Site.Z,
     *,

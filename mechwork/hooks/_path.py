@@ -77,7 +77,7 @@ def _receiver_hook(model, receiver: NodeRef, delta: Tensor):
 def path_patching(
     model,
     clean: Int[Tensor, "batch pos"],
-    corrupted: Int[Tensor, "batch pos"],
+    corrupted: Int[Tensor, "_batch _pos"],  # shape checked by check_pair, with a clear message
     metric: Metric,
     sender: str,
     receivers: str | Sequence[str],
@@ -115,7 +115,7 @@ def path_patching(
 def path_patching_sweep(
     model,
     clean: Int[Tensor, "batch pos"],
-    corrupted: Int[Tensor, "batch pos"],
+    corrupted: Int[Tensor, "_batch _pos"],  # shape checked by check_pair, with a clear message
     metric: Metric,
     sender: str,
     port: str = "q",

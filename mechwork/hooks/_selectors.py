@@ -7,8 +7,10 @@ raises :class:`UnknownHookError` naming the closest real hooks.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -51,27 +53,44 @@ class HookSelector:
                 raise UnknownHookError("the hook predicate matched no hook on this model")
             return tuple(chosen)
         chosen: list[str] = []
+        index = set(available)
         for pattern in self.patterns:
-            matches = _match(pattern, available)
+            matches = _match(pattern, available, index)
             if not matches:
                 raise UnknownHookError(_unknown_message(pattern, available))
             chosen.extend(m for m in matches if m not in chosen)
         return tuple(chosen)
 
 
+# model -> (flag state, names): the bridge rebuilds hook_dict (with aliases) on every access, which
+# costs tens of milliseconds on GPT-2 small, so names are listed once per flag state.
+_NAMES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _flag_state(model) -> tuple:
+    cfg = model.cfg
+    return tuple(bool(getattr(cfg, f, False)) for f in ("use_attn_result", "use_split_qkv_input",
+                                                        "use_hook_mlp_in", "use_attn_in"))
+
+
 def hook_names(model) -> list[str]:
     """Hook names usable now (hooks gated behind an off bridge flag, such as hook_attn_in, are left out)."""
+    state = _flag_state(model)
+    cached = _NAMES.get(model)
+    if cached is not None and cached[0] == state:
+        return list(cached[1])
+    hook_dict = model.hook_dict
     gated = getattr(model, "_gated_hook_reason", None)
-    names = list(model.hook_dict.keys())
-    if gated is None:
-        return names
-    return [n for n in names if gated(model.hook_dict[n].name or n) is None]
+    names = [n for n, point in hook_dict.items() if gated is None or gated(point.name or n) is None]
+    with contextlib.suppress(TypeError):  # a model that cannot be weak-referenced is just not cached
+        _NAMES[model] = (state, tuple(names))
+    return names
 
 
-def _match(pattern: str, available: list[str]) -> list[str]:
+def _match(pattern: str, available: list[str], index: set[str]) -> list[str]:
     if any(ch in pattern for ch in "*?["):
         return [n for n in available if fnmatch.fnmatchcase(n, pattern)]
-    return [pattern] if pattern in available else []
+    return [pattern] if pattern in index else []
 
 
 def _unknown_message(pattern: str, available: Iterable[str]) -> str:
@@ -83,6 +102,6 @@ def _unknown_message(pattern: str, available: Iterable[str]) -> str:
 
 def resolve_hook(model, name: str) -> str:
     """Check one exact hook name."""
-    if name not in model.hook_dict:
+    if name not in set(hook_names(model)) and name not in model.hook_dict:
         raise UnknownHookError(_unknown_message(name, hook_names(model)))
     return name

@@ -42,6 +42,19 @@ def test_unknown_hook_names_suggest_near_matches(tiny, tiny_pair):
     assert no_hooks_left(tiny)
 
 
+def test_hook_names_follow_the_bridge_flags(tiny):
+    from mechwork.hooks import hook_names
+    from mechwork.hooks._runner import hook_flags
+
+    with hook_flags(tiny, attn_result=False, split_qkv=False, mlp_in=False):
+        off = set(hook_names(tiny))
+    with hook_flags(tiny, attn_result=True, split_qkv=True, mlp_in=True):
+        on = set(hook_names(tiny))
+    assert "blocks.0.attn.hook_result" in on - off
+    assert "blocks.1.hook_q_input" in on - off
+    assert off < on
+
+
 def test_zero_ablation_of_a_head_equals_hand_computation(tiny, tiny_pair):
     clean, _ = tiny_pair
     logits = run_with_ablation(tiny, clean, compile_ablation(tiny, ["blocks.1.attn.head.2"], "zero"))
