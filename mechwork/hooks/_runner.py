@@ -123,6 +123,37 @@ def run_from(
     return logits[:, position] if position is not None else logits
 
 
+def run_layer_then_rest(
+    model,
+    resid: Float[Tensor, "batch pos d_model"],
+    layer: int,
+    *,
+    position: int | None,
+    layer_hooks: HookList,
+    flags: dict,
+) -> Tensor:
+    """Logits after running block ``layer`` with ``layer_hooks`` and the bridge flags in ``flags`` on, then
+    the blocks above with the edge-hook flags off (they only slow a forward that does not read them).
+
+    ``layer == n_layers`` applies the hooks' edit nowhere: pass the final residual already edited.
+    """
+    if not _verify(model):
+        with hook_flags(model, **flags), hooked(model, layer_hooks):
+            logits = _fallback_from(model, resid, layer)
+        return logits[:, position] if position is not None else logits
+    x = resid
+    if layer < n_layers(model):
+        with hook_flags(model, **flags), hooked(model, layer_hooks):
+            out = model.blocks[layer](x)
+        x = out[0] if isinstance(out, tuple) else out
+        with hook_flags(model, attn_result=False, split_qkv=False, mlp_in=False):
+            if layer + 1 < n_layers(model):
+                x = _standalone_from(model, x, layer + 1)
+    if position is not None:
+        return _unembed(model, x[:, [position]])[:, 0]
+    return _unembed(model, x)
+
+
 def uses_fast_path(model) -> bool:
     """Whether ``run_from`` drives the blocks directly on this model (else it uses ``start_at_layer``)."""
     return _verify(model)

@@ -1,0 +1,114 @@
+"""Metric gradients at every destination's input, and their product with source deltas (EAP, EAP-IG).
+
+For edge u->d, ablating it moves d's input by ``ablated_u - out_u``; to first order the metric moves by
+``(ablated_u - out_u) . dM/dx_d``. One backward pass gives ``dM/dx_d`` for every destination at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ..graph import PORTS, Graph
+from ..graph._engine import output_hooks
+from ..hooks._attribution import frozen_parameters
+from ..hooks._runner import hook_flags, run_from
+from ..metrics import as_scalar, metric_name
+from ._types import DiscoveryTask
+
+
+@dataclass
+class DestinationGrads:
+    """Summed gradients per destination group (same layout as the graph's mask groups, with batch/pos)."""
+
+    attn: list[Tensor]  # per layer [batch, pos, 3, heads, d_model]
+    mlp: list[Tensor]  # per layer [batch, pos, d_model]
+    logits: Tensor  # [batch, pos, d_model]
+    metric_values: list[float]
+
+
+def _grad_hooks(graph: Graph, grads: DestinationGrads) -> list:
+    def tap(store):
+        def hook(act: Tensor, hook) -> Tensor:
+            act.register_hook(store)
+            return act
+
+        return hook
+
+    def into_attn(layer: int, p: int):
+        def store(g: Tensor) -> None:
+            grads.attn[layer][:, :, p] += g.detach()
+
+        return store
+
+    def into(target: Tensor):
+        def store(g: Tensor) -> None:
+            target.add_(g.detach())
+
+        return store
+
+    hooks = []
+    for layer in range(graph.n_layers):
+        hooks += [(f"blocks.{layer}.hook_{port}_input", tap(into_attn(layer, p))) for p, port in enumerate(PORTS)]
+        hooks.append((f"blocks.{layer}.hook_mlp_in", tap(into(grads.mlp[layer]))))
+    hooks.append((f"blocks.{graph.n_layers - 1}.hook_resid_post", tap(into(grads.logits))))
+    return hooks
+
+
+def destination_grads(
+    model,
+    graph: Graph,
+    task: DiscoveryTask,
+    residuals: list[Float[Tensor, "batch pos d_model"]],
+    outputs: Tensor | None = None,
+) -> DestinationGrads:
+    """Sum over ``residuals`` (embedding-level inputs) of dM/dx at every destination input.
+
+    With ``outputs`` given (``[batch, pos, sources, d_model]``), every node's output in the first run
+    is written into it, so a caller that needs the clean outputs gets them without another forward.
+    """
+    b, p, d = residuals[0].shape
+    zeros = residuals[0].new_zeros
+    grads = DestinationGrads(
+        attn=[zeros(b, p, 3, graph.n_heads, d) for _ in range(graph.n_layers)],
+        mlp=[zeros(b, p, d) for _ in range(graph.n_layers)],
+        logits=zeros(b, p, d),
+        metric_values=[],
+    )
+    hooks = _grad_hooks(graph, grads)
+    if outputs is not None:
+        outputs[:, :, 0] = residuals[0]
+
+        def record(i: int, value: Tensor) -> None:
+            outputs[:, :, i : i + value.shape[2]] = value.detach()
+
+        first_hooks = hooks + output_hooks(graph, record)
+    with hook_flags(model, attn_result=outputs is not None, split_qkv=True, mlp_in=True), frozen_parameters(model):
+        for i, resid in enumerate(residuals):
+            hooks_now = first_hooks if (outputs is not None and i == 0) else hooks
+            with torch.enable_grad():
+                x = resid.detach().requires_grad_(True)
+                logits = run_from(model, x, 0, position=task.position, fwd_hooks=hooks_now)
+                value = task.metric.score(logits)
+                grads.metric_values.append(as_scalar(value, metric_name(task.metric)))
+                value.backward()
+    return grads
+
+
+def edge_attributions(graph: Graph, deltas: Tensor, grads: DestinationGrads, scale: float = 1.0) -> Tensor:
+    """``-(out_u - ablated_u) . grad_d`` for every edge, summed over batch (mean) and, unless the graph
+    is resolved by position, over positions (the metric already averages over the batch). ``deltas``: ``[batch, pos, sources, d_model]``."""
+    positional = graph.positions is not None
+    keep = "p" if positional else ""
+    parts = []
+    for layer in range(graph.n_layers):
+        n_attn, n_mlp = graph.n_sources_attn(layer), graph.n_sources_mlp(layer)
+        attn = torch.einsum(f"bpud,bpxhd->{keep}xhu", deltas[:, :, :n_attn], grads.attn[layer])
+        mlp = torch.einsum(f"bpud,bpd->{keep}u", deltas[:, :, :n_mlp], grads.mlp[layer])
+        parts += [attn.flatten(-3), mlp]
+    parts.append(torch.einsum(f"bpud,bpd->{keep}u", deltas, grads.logits))
+    flat = torch.cat(parts, dim=-1)
+    return (-flat * scale).flatten().cpu().float()

@@ -1,0 +1,24 @@
+"""EAP — edge attribution patching (Syed et al. 2023): every edge from two forwards and one backward.
+
+score(u->d) = (ablated_u - clean_u) . dM/dx_d on the clean run: the first-order change of the metric
+when u's contribution to d is replaced by its ablation value.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..hooks._runner import embed
+from ._gradients import destination_grads, edge_attributions
+from ._registry import register_method
+from ._types import DiscoveryTask, EdgeScores
+
+
+@register_method("eap", "edge attribution patching: 2 forwards + 1 backward, first-order estimate")
+def eap(model, graph, task: DiscoveryTask) -> EdgeScores:
+    ablated = task.ablated(model, graph)  # the corrupted forward (or the reference mean)
+    with torch.no_grad():
+        resid = embed(model, task.clean)
+    clean = resid.new_zeros(*resid.shape[:2], graph.n_sources, resid.shape[-1])
+    grads = destination_grads(model, graph, task, [resid], outputs=clean)  # the clean forward + backward
+    return EdgeScores(graph, edge_attributions(graph, clean - ablated, grads), "eap")

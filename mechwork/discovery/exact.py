@@ -1,0 +1,154 @@
+"""Exact edge patching: the metric with each edge (alone) ablated, for every edge; and node patching.
+
+Ablating u->d changes nothing below d's layer, so every run starts from the clean residual stream
+entering that layer; the edges into one layer are stacked along the batch, each row block carrying
+one edge's edit at the layer's q/k/v or MLP input; the bridge's per-head edge hooks are on only for
+that one block; the unembedding is computed at the metric's position only. Logit edges need no
+block at all: the final residual minus the edge's delta goes straight to the unembedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..graph import PORTS, Graph, run_circuit
+from ..graph._engine import output_hooks
+from ..hooks._runner import embed, hook_flags, run_from, run_layer_then_rest
+from ..metrics import as_scalar, metric_name
+from ._registry import register_method
+from ._types import DiscoveryTask, EdgeScores
+
+
+@dataclass(frozen=True)
+class _CleanRun:
+    outputs: Tensor  # [batch, pos, sources, d_model]
+    resid_pre: list[Tensor]  # per layer, and the final residual last
+    value: float
+
+
+@torch.no_grad()
+def _clean_run(model, graph: Graph, task: DiscoveryTask) -> _CleanRun:
+    resid = embed(model, task.clean)
+    outputs = resid.new_zeros(*resid.shape[:2], graph.n_sources, resid.shape[-1])
+    outputs[:, :, 0] = resid
+    pre: dict[int, Tensor] = {}
+
+    def record(i: int, value: Tensor) -> None:
+        outputs[:, :, i : i + value.shape[2]] = value
+
+    hooks = output_hooks(graph, record)
+    for layer in range(graph.n_layers):
+        hooks.append((f"blocks.{layer}.hook_resid_pre", lambda a, hook, i=layer: pre.__setitem__(i, a.clone())))
+    last = graph.n_layers - 1
+    hooks.append((f"blocks.{last}.hook_resid_post", lambda a, hook: pre.__setitem__(last + 1, a.clone())))
+    with hook_flags(model, attn_result=True, split_qkv=False, mlp_in=False):
+        logits = run_from(model, resid, 0, position=task.position, fwd_hooks=hooks)
+    value = as_scalar(task.metric.score(logits), metric_name(task.metric))
+    return _CleanRun(outputs, [pre[i] for i in range(graph.n_layers + 1)], value)
+
+
+def _edge_deltas(deltas: Tensor, sources: Tensor, positions: Tensor | None, batch: int) -> Tensor:
+    """``[edges, batch, pos, d]``: what each edge's ablation subtracts from its destination's input."""
+    chosen = deltas[:, :, sources].permute(2, 0, 1, 3).expand(len(sources), batch, -1, -1)
+    if positions is None:
+        return chosen
+    onehot = torch.nn.functional.one_hot(positions, deltas.shape[1]).to(chosen.dtype)  # [edges, pos]
+    return chosen * onehot[:, None, :, None]
+
+
+def _scores_of(logits: Tensor, task: DiscoveryTask, n_edges: int, batch: int, base: float) -> list[float]:
+    per_edge = logits.reshape(n_edges, batch, -1)
+    name = metric_name(task.metric)
+    return [as_scalar(task.metric.score(per_edge[i]), name) - base for i in range(n_edges)]
+
+
+def _group_edges(graph: Graph, layer: int | None, kind: str) -> list[tuple[int, int, int, int | None]]:
+    """(flat edge index, port, head, source, position) for the edges into one destination group."""
+    layout = []
+    positions = range(graph.positions) if graph.positions else [None]
+    per_position = graph.n_edges_per_position
+    for p_index, pos in enumerate(positions):
+        offset = p_index * per_position
+        for i in graph.group_edges(layer, kind):
+            e_port, e_head, e_src = graph.edge_coordinates(i)
+            layout.append((offset + i, e_port, e_head, e_src, pos))
+    return layout
+
+
+def _run_chunk(model, graph, task, clean: _CleanRun, deltas, layer, kind, chunk) -> list[float]:
+    batch = task.clean.shape[0]
+    n = len(chunk)
+    sources = torch.tensor([c[3] for c in chunk], device=deltas.device)
+    positions = torch.tensor([c[4] for c in chunk], device=deltas.device) if graph.positions else None
+    edits = _edge_deltas(deltas, sources, positions, batch)  # [n, batch, pos, d]
+    if kind == "logits":
+        final = clean.resid_pre[-1].unsqueeze(0) - edits
+        logits = run_layer_then_rest(model, final.flatten(0, 1), graph.n_layers, position=task.position,
+                                     layer_hooks=(), flags={})
+        return _scores_of(logits, task, n, batch, clean.value)
+    resid = clean.resid_pre[layer].unsqueeze(0).expand(n, -1, -1, -1).flatten(0, 1)
+    if kind == "mlp":
+        def edit_mlp(act: Tensor, hook) -> Tensor:
+            return act - edits.flatten(0, 1).to(act.dtype)
+
+        hooks = [(f"blocks.{layer}.hook_mlp_in", edit_mlp)]
+        flags = {"attn_result": False, "split_qkv": False, "mlp_in": True}
+    else:
+        hooks = []
+        for p, port in enumerate(PORTS):
+            rows = [i for i, c in enumerate(chunk) if c[1] == p]
+            if not rows:
+                continue
+            rows_t = torch.tensor(rows, device=deltas.device)
+            heads_t = torch.tensor([chunk[i][2] for i in rows], device=deltas.device)
+
+            def edit_head(act: Tensor, hook, rows_t=rows_t, heads_t=heads_t) -> Tensor:
+                act = act.clone().view(n, batch, *act.shape[1:])  # [n, batch, pos, heads, d]
+                act[rows_t, :, :, heads_t] -= edits[rows_t].to(act.dtype)
+                return act.flatten(0, 1)
+
+            hooks.append((f"blocks.{layer}.hook_{port}_input", edit_head))
+        flags = {"attn_result": False, "split_qkv": True, "mlp_in": False}
+    logits = run_layer_then_rest(model, resid, layer, position=task.position, layer_hooks=hooks, flags=flags)
+    return _scores_of(logits, task, n, batch, clean.value)
+
+
+@torch.no_grad()
+def node_patching_scores(model, graph: Graph, task: DiscoveryTask, ablated: Tensor, base: float) -> dict[str, float]:
+    """Metric change when a node's output is ablated for every downstream node (all its out-edges)."""
+    scores = {}
+    sources = torch.tensor([graph.edge_endpoints[i][0] for i in range(graph.n_edges)])
+    for index, node in enumerate(graph.sources):
+        mask = (sources != index).float()
+        logits = run_circuit(model, graph, task.clean, mask, ablated, position=task.position)
+        scores[node] = as_scalar(task.metric.score(logits), metric_name(task.metric)) - base
+    return scores
+
+
+@register_method("exact", "exact activation patching of every edge (and node): the reference",
+                 max_rows=512, nodes=True, progress=False)
+def exact(model, graph: Graph, task: DiscoveryTask, max_rows: int = 512, nodes: bool = True,
+          progress: bool = False) -> EdgeScores:
+    ablated = task.ablated(model, graph)
+    clean = _clean_run(model, graph, task)
+    deltas = clean.outputs - ablated
+    batch = task.clean.shape[0]
+    per_chunk = max(1, max_rows // batch)
+    scores = torch.zeros(graph.n_edges)
+    groups = [(layer, kind) for layer in range(graph.n_layers) for kind in ("attn", "mlp")] + [(None, "logits")]
+    bar = tqdm(total=graph.n_edges, disable=not progress, desc="exact edge patching")
+    with torch.no_grad():
+        for layer, kind in groups:
+            layout = _group_edges(graph, layer, kind)
+            for start in range(0, len(layout), per_chunk):
+                chunk = layout[start : start + per_chunk]
+                values = _run_chunk(model, graph, task, clean, deltas, layer, kind, chunk)
+                scores[[c[0] for c in chunk]] = torch.tensor(values)
+                bar.update(len(chunk))
+    bar.close()
+    node_scores = node_patching_scores(model, graph, task, ablated, clean.value) if nodes else None
+    return EdgeScores(graph, scores, "exact", node_scores=node_scores)

@@ -1,0 +1,15 @@
+"""Layer 3a: the computational graph (nodes, edges) and the patch-mask engine that runs circuits on it."""
+
+from ._engine import ablation_values, masked_forward, node_outputs, run_circuit
+from ._graph import PORTS, Graph, GraphError, MaskViews
+
+__all__ = [
+    "PORTS",
+    "Graph",
+    "GraphError",
+    "MaskViews",
+    "ablation_values",
+    "masked_forward",
+    "node_outputs",
+    "run_circuit",
+]

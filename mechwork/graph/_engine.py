@@ -1,0 +1,192 @@
+"""The patch-mask engine: run a model with every edge weighted by a mask, in one forward pass.
+
+A destination's input is ``x_d = sum_u out_u + const``. With mask ``m`` on its incoming edges it
+receives ``x_d - sum_u (1 - m_ud) * (out_u - ablated_u)``: a kept edge (``m = 1``) passes the
+source's output from this very run, an ablated one (``m = 0``) passes the ablation value (the
+corrupted run's output, a mean, or zero). Outputs of upstream nodes are read as the forward runs, so
+a node whose own inputs were masked passes its changed output on. The correction is applied at the
+bridge's edge-level hook points (``hook_q_input``/``k``/``v`` per head, ``hook_mlp_in``, and the last
+``hook_resid_post`` for the logits), before each LayerNorm, so it is exact for GPT-2-style models.
+
+Masks may be fractional and require grad; gradients with respect to the mask are edge attributions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from ..hooks._runner import embed, hook_flags, run_from
+from ..hooks._validation import InputError
+from ._graph import PORTS, Graph, MaskViews
+
+AblationValues = Float[Tensor, "batch pos sources d_model"]
+
+
+def _edge_flags(model):
+    return hook_flags(model, attn_result=True, split_qkv=True, mlp_in=True)
+
+
+def output_hooks(graph: Graph, record: Callable[[int, Tensor], None]) -> list:
+    """Hooks that hand every head's and MLP's output (with its first source index) to ``record``."""
+    hooks = []
+    for layer in range(graph.n_layers):
+        first_head = graph.head_source(layer, 0)
+        hooks.append((f"blocks.{layer}.attn.hook_result", lambda a, hook, i=first_head: record(i, a)))
+        mlp = graph.mlp_source(layer)
+        hooks.append((f"blocks.{layer}.hook_mlp_out", lambda a, hook, i=mlp: record(i, a.unsqueeze(2))))
+    return hooks
+
+
+@torch.no_grad()
+def node_outputs(model, graph: Graph, tokens: Int[Tensor, "batch pos"]) -> AblationValues:
+    """Every source node's output on ``tokens``: ``[batch, pos, sources, d_model]``."""
+    resid = embed(model, tokens)
+    out = resid.new_zeros(*resid.shape[:2], graph.n_sources, resid.shape[-1])
+    out[:, :, 0] = resid
+
+    def record(i: int, value: Tensor) -> None:
+        out[:, :, i : i + value.shape[2]] = value
+
+    with hook_flags(model, attn_result=True, split_qkv=False, mlp_in=False):
+        run_from(model, resid, 0, position=-1, fwd_hooks=output_hooks(graph, record))
+    return out
+
+
+def ablation_values(
+    model,
+    graph: Graph,
+    kind: str,
+    clean: Int[Tensor, "batch pos"],
+    corrupted: Int[Tensor, "batch pos"] | None = None,
+) -> AblationValues:
+    """What an ablated edge carries: ``"corrupted"`` (the corrupted run, row by row), ``"mean"`` (the
+    mean over ``corrupted`` used as a reference set, per position) or ``"zero"``."""
+    if kind == "zero":
+        d_model = int(model.cfg.d_model)
+        return torch.zeros(1, clean.shape[1], graph.n_sources, d_model, device=clean.device)
+    if corrupted is None:
+        raise InputError(f"{kind!r} ablation needs corrupted/reference prompts")
+    if corrupted.shape[1] != clean.shape[1]:
+        raise InputError(f"clean prompts have {clean.shape[1]} positions, reference prompts {corrupted.shape[1]}")
+    if kind == "corrupted":
+        if corrupted.shape != clean.shape:
+            raise InputError(f"clean {tuple(clean.shape)} and corrupted {tuple(corrupted.shape)} must have the same shape")
+        return node_outputs(model, graph, corrupted)
+    if kind == "mean":
+        return node_outputs(model, graph, corrupted).mean(0, keepdim=True)
+    raise InputError(f"unknown ablation {kind!r}: use 'corrupted', 'mean' or 'zero'")
+
+
+@dataclass
+class _Deltas:
+    """``out_u - ablated_u`` of every source seen so far in this run, and the masked sums of them.
+
+    Without grad the deltas go into one preallocated buffer. With grad they are kept as chunks,
+    since writing into a shared buffer would invalidate the tensors autograd saved for the mask.
+    """
+
+    ablated: AblationValues
+    positional: bool
+    buffer: Tensor | None = None
+    chunks: list | None = None
+
+    def add(self, index: int, value: Float[Tensor, "batch pos k d_model"]) -> None:
+        delta = value - self.ablated[:, :, index : index + value.shape[2]]
+        if self.buffer is not None:
+            self.buffer[:, :, index : index + value.shape[2]] = delta
+        else:
+            self.chunks.append((index, delta))
+
+    def mix(self, weights: Tensor, n_sources: int, spec: str) -> Tensor:
+        """``sum_u weights[..., u] * delta_u`` over the first ``n_sources`` sources (einsum ``spec``)."""
+        if self.buffer is not None:
+            return torch.einsum(spec, self.buffer[:, :, :n_sources], weights)
+        total = None
+        for index, delta in self.chunks:
+            if index >= n_sources:
+                break
+            part = torch.einsum(spec, delta, weights[..., index : index + delta.shape[2]])
+            total = part if total is None else total + part
+        return total
+
+
+def _specs(positional: bool) -> tuple[str, str]:
+    """einsum specs for a head group (weights ``[(pos,) heads, sources]``) and a single destination."""
+    if positional:
+        return "bpud,phu->bphd", "bpud,pu->bpd"
+    return "bpud,hu->bphd", "bpud,u->bpd"
+
+
+def _input_hooks(graph: Graph, views: MaskViews, deltas: _Deltas, skip_kept: bool) -> list:
+    head_spec, single_spec = _specs(deltas.positional)
+    hooks = []
+
+    def correct(weights: Tensor, n_src: int, spec: str):
+        def hook(act: Tensor, hook) -> Tensor | None:
+            if skip_kept and not bool(weights.any()):
+                return None
+            return act - deltas.mix(weights, n_src, spec).to(act.dtype)
+
+        return hook
+
+    for layer in range(graph.n_layers):
+        port_axis = 1 if deltas.positional else 0
+        for p, port in enumerate(PORTS):
+            weights = 1 - views.attn[layer].select(port_axis, p)
+            hooks.append((f"blocks.{layer}.hook_{port}_input", correct(weights, graph.n_sources_attn(layer), head_spec)))
+        hooks.append((f"blocks.{layer}.hook_mlp_in", correct(1 - views.mlp[layer], graph.n_sources_mlp(layer),
+                                                             single_spec)))
+    last = f"blocks.{graph.n_layers - 1}.hook_resid_post"
+    hooks.append((last, correct(1 - views.logits, graph.n_sources, single_spec)))
+    return hooks
+
+
+def masked_forward(
+    model,
+    graph: Graph,
+    resid: Float[Tensor, "batch pos d_model"],
+    mask: Float[Tensor, " edges"],
+    ablated: AblationValues,
+    *,
+    position: int | None = None,
+) -> Tensor:
+    """Logits of a run from ``resid`` (the embeddings) with every edge weighted by ``mask``.
+
+    ``position`` set: ``[batch, vocab]`` logits there only (the unembedding is skipped elsewhere).
+    Differentiable with respect to ``mask`` (and ``resid``) when they require grad.
+    """
+    if resid.shape[1] != ablated.shape[1]:
+        raise InputError(f"prompts have {resid.shape[1]} positions, the ablation values {ablated.shape[1]}")
+    if graph.positions is not None and graph.positions != resid.shape[1]:
+        raise InputError(f"the graph is resolved over {graph.positions} positions, the prompts have {resid.shape[1]}")
+    mask = mask.to(resid.device, resid.dtype)
+    grad = torch.is_grad_enabled() and (mask.requires_grad or resid.requires_grad)
+    deltas = _Deltas(ablated.to(resid.device, resid.dtype), graph.positions is not None)
+    if grad:
+        deltas.chunks = []
+    else:
+        deltas.buffer = resid.new_zeros(*resid.shape[:2], graph.n_sources, resid.shape[-1])
+    deltas.add(0, resid.unsqueeze(2))
+    hooks = output_hooks(graph, deltas.add) + _input_hooks(graph, graph.split(mask), deltas, skip_kept=not grad)
+    with _edge_flags(model):
+        return run_from(model, resid, 0, position=position, fwd_hooks=hooks)
+
+
+def run_circuit(
+    model,
+    graph: Graph,
+    tokens: Int[Tensor, "batch pos"],
+    mask: Float[Tensor, " edges"],
+    ablated: AblationValues,
+    *,
+    position: int | None = None,
+) -> Tensor:
+    """:func:`masked_forward` from tokens."""
+    with torch.no_grad():
+        resid = embed(model, tokens)
+    return masked_forward(model, graph, resid, mask, ablated, position=position)
