@@ -95,3 +95,19 @@ def load(
     bridge.eval()
     bridge.mechwork_spec = os.fspath(spec)
     return bridge
+
+
+def weights_hash(model) -> str:
+    """SHA-256 over the model's weights (names, shapes, dtypes and bytes), in a fixed order.
+
+    Circuit files record it so a circuit is re-verified on exactly the weights it was found on.
+    """
+    import hashlib
+
+    module = getattr(model, "original_model", model)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()

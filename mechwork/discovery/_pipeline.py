@@ -1,0 +1,129 @@
+"""Scores -> circuit -> faithfulness -> ground truth -> a saved, re-verifiable :class:`Circuit`."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from importlib.metadata import version
+
+import torch
+
+from ..graph import Graph
+from ..models import weights_hash
+from ._circuit import Circuit, now
+from ._registry import discover
+from ._scoring import CircuitEvaluator, faithfulness_curve, ground_truth_scores
+from ._select import select, top_n
+from ._types import DiscoveryTask, EdgeScores, make_metric
+
+
+def smallest_faithful(evaluator: CircuitEvaluator, scores: EdgeScores, target: float) -> frozenset[str]:
+    """The smallest top-n circuit with faithfulness >= ``target``, by bisection over n (faithfulness
+    is not monotone in n in general; bisection finds a size where the target is first crossed)."""
+    low, high = 0, scores.graph.n_edges
+    while high - low > 1:
+        mid = (low + high) // 2
+        if evaluator.faithfulness(top_n(scores, mid)) >= target:
+            high = mid
+        else:
+            low = mid
+    return top_n(scores, high)
+
+
+@dataclass(frozen=True)
+class CircuitRequest:
+    """How to turn scores into a circuit: ``how`` is ``"auto"`` (the method's own circuit if it makes
+    one, else the smallest top-n reaching ``target`` faithfulness), ``"top-n"``, ``"threshold"`` or
+    ``"greedy"`` with ``value``."""
+
+    how: str = "auto"
+    value: float | None = None
+    target: float = 0.9
+
+
+def choose_edges(evaluator: CircuitEvaluator, scores: EdgeScores, request: CircuitRequest) -> frozenset[str]:
+    if request.how == "auto":
+        return scores.circuit if scores.circuit is not None else smallest_faithful(evaluator, scores, request.target)
+    if request.value is None:
+        raise ValueError(f"circuit selection {request.how!r} needs a value")
+    return select(scores, request.how, request.value)
+
+
+def find_circuit(model, data, method: str, *, metric: str = "logit_diff", ablation: str = "corrupted",
+                 positions: bool = False, request: CircuitRequest = CircuitRequest(), truth=None,
+                 task_name: str | None = None, **options) -> Circuit:
+    """Run ``method`` on ``model`` for task data (zoo :class:`TaskData`-like), choose a circuit, score it."""
+    graph = Graph.from_model(model, positions=data.clean.shape[1] if positions else None)
+    task = DiscoveryTask(data.clean, data.corrupted, make_metric(metric, model, data), metric, ablation)
+    scores = discover(model, graph, task, method, **options)
+    evaluator = CircuitEvaluator(model, graph, task)
+    edges = choose_edges(evaluator, scores, request)
+    curve = faithfulness_curve(evaluator, scores)
+    return Circuit(
+        model={"spec": str(getattr(model, "mechwork_spec", "unknown")), "weights_sha256": weights_hash(model),
+               "n_layers": graph.n_layers, "n_heads": graph.n_heads},
+        task={"name": task_name, "metric": metric, "ablation": ablation, "position": int(data.position),
+              "positions": graph.positions, "prompts": _prompts(data)},
+        method=method,
+        options=scores.options,
+        edges=scores.by_edge(),
+        selected=tuple(sorted(edges)),
+        selection={"how": request.how, "value": request.value, "target": request.target},
+        faithfulness={"value": evaluator.faithfulness(edges), "full_value": evaluator.full,
+                      "empty_value": evaluator.empty, "curve": curve.to_dict()},
+        ground_truth=None if truth is None else {**ground_truth_scores(scores, truth), "edges": sorted(truth.edges)},
+        provenance={"mechwork": version("mechwork"), "torch": torch.__version__, "python": platform.python_version(),
+                    "seconds": scores.seconds, "created": now(), "ranking": scores.ranking},
+    )
+
+
+def _prompts(data) -> dict:
+    return {k: getattr(data, k).tolist() for k in ("clean", "corrupted", "answers", "wrong")}
+
+
+@dataclass(frozen=True)
+class Verification:
+    recorded: float
+    recomputed: float
+    tolerance: float
+    weights_match: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.weights_match and abs(self.recorded - self.recomputed) <= self.tolerance
+
+    def message(self) -> str:
+        if not self.weights_match:
+            return "the model's weights differ from those the circuit was found on (weight hash mismatch)"
+        verdict = "reproduces" if self.ok else "does NOT reproduce"
+        return (f"circuit {verdict}: faithfulness recorded {self.recorded:.6f}, recomputed {self.recomputed:.6f} "
+                f"(difference {abs(self.recorded - self.recomputed):.2e}, tolerance {self.tolerance:.0e})")
+
+
+@dataclass(frozen=True)
+class _Prompts:
+    clean: torch.Tensor
+    corrupted: torch.Tensor
+    answers: torch.Tensor
+    wrong: torch.Tensor
+    position: int
+
+
+def verify(circuit: Circuit, model=None, *, tolerance: float = 1e-4) -> Verification:
+    """Reload the model by reference (unless given), check its weight hash, rebuild the task from the
+    prompts in the file and recompute the circuit's faithfulness."""
+    if model is None:
+        from ..models import load
+
+        model = load(circuit.model["spec"])
+    if weights_hash(model) != circuit.model["weights_sha256"]:
+        return Verification(circuit.faithfulness["value"], float("nan"), tolerance, False)
+    p = circuit.task["prompts"]
+    data = _Prompts(*(torch.tensor(p[k]) for k in ("clean", "corrupted", "answers", "wrong")),
+                    position=circuit.task["position"])
+    graph = Graph.from_model(model, positions=circuit.task.get("positions"))
+    metric = circuit.task["metric"]
+    task = DiscoveryTask(data.clean, data.corrupted, make_metric(metric, model, data), metric,
+                         circuit.task["ablation"])
+    value = CircuitEvaluator(model, graph, task).faithfulness(frozenset(circuit.selected))
+    return Verification(float(circuit.faithfulness["value"]), value, tolerance, True)

@@ -1,0 +1,133 @@
+"""ACDC — automatic circuit discovery (Conmy et al. 2023), on the patch-mask engine.
+
+Destinations are visited from the logits backwards (reverse topological order). For each incoming
+edge of a destination still connected to the logits, the edge is ablated tentatively; if the
+circuit's loss rises by less than ``threshold`` it stays ablated, otherwise it is restored. A node
+whose every outgoing edge was removed is disconnected: its inputs are dropped without testing.
+
+Loss: ``"kl"`` — KL(full model || circuit) at the answer position (ACDC's default); ``"metric"`` —
+``|M(circuit) - M(full model)|`` for the task metric. An edge's score is the loss increase measured
+when it was tested (kept edges score >= threshold); edges never tested score below every tested one.
+
+With ``checkpoint`` set, progress is saved (atomically) after every destination; rerunning with the
+same settings resumes where the interrupted run stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..graph import Graph, masked_forward
+from ..hooks._runner import embed
+from ..hooks._validation import InputError
+from ..metrics import KLDivergence, as_scalar
+from ._registry import register_method
+from ._types import DiscoveryTask, EdgeScores
+
+CHECKPOINT_VERSION = 1
+
+
+def _destinations(graph: Graph) -> list[tuple[str, list[int]]]:
+    """(destination node, its incoming flat edge indices, latest source first), logits first."""
+    incoming: dict[int, list[int]] = {}
+    for i, (src, dst) in enumerate(graph.edge_endpoints):
+        incoming.setdefault(dst, []).append(i)
+    order = sorted(incoming, reverse=True)  # node order is topological; logits is last
+    return [(graph.nodes[d], sorted(incoming[d], key=lambda i: -graph.edge_endpoints[i][0])) for d in order]
+
+
+class _Loss:
+    def __init__(self, model, graph: Graph, task: DiscoveryTask, objective: str):
+        self.model, self.graph, self.task = model, graph, task
+        with torch.no_grad():
+            self.resid = embed(model, task.clean)
+            self.ablated = task.ablated(model, graph)
+            full = masked_forward(model, graph, self.resid, graph.full_mask(1.0), self.ablated, position=task.position)
+        if objective == "kl":
+            self.kl = KLDivergence(position=task.position, reference=full)
+        elif objective == "metric":
+            self.kl = None
+            self.full_value = as_scalar(task.metric.score(full), "metric")
+        else:
+            raise InputError(f"acdc objective must be 'kl' or 'metric', got {objective!r}")
+
+    @torch.no_grad()
+    def __call__(self, mask: torch.Tensor) -> float:
+        logits = masked_forward(self.model, self.graph, self.resid, mask, self.ablated, position=self.task.position)
+        if self.kl is not None:
+            return as_scalar(self.kl.score(logits), "KL divergence")
+        return abs(as_scalar(self.task.metric.score(logits), "metric") - self.full_value)
+
+
+def _fingerprint(graph: Graph, task: DiscoveryTask, threshold: float, objective: str) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([graph.n_layers, graph.n_heads, graph.positions, threshold, objective,
+                         task.ablation, task.metric_key]).encode())
+    h.update(task.clean.cpu().numpy().tobytes())
+    h.update(task.corrupted.cpu().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def _load_checkpoint(path: Path, fingerprint: str) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not a readable ACDC checkpoint ({e}); delete it to start over") from None
+    if state.get("version") != CHECKPOINT_VERSION or state.get("fingerprint") != fingerprint:
+        raise InputError(f"{path} is a checkpoint of a different ACDC run; delete it or choose another path")
+    return state
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, path)
+
+
+@register_method("acdc", "ACDC: prune edges from the logits backwards while the loss stays within a threshold",
+                 threshold=0.01, objective="kl", checkpoint=None, progress=False)
+def acdc(model, graph: Graph, task: DiscoveryTask, threshold: float = 0.01, objective: str = "kl",
+         checkpoint: str | os.PathLike | None = None, progress: bool = False) -> EdgeScores:
+    loss = _Loss(model, graph, task, objective)
+    mask = graph.full_mask(1.0)
+    scores = torch.full((graph.n_edges,), float("nan"))
+    destinations = _destinations(graph)
+    done, path = 0, Path(checkpoint) if checkpoint else None
+    fingerprint = _fingerprint(graph, task, threshold, objective)
+    if path is not None and (state := _load_checkpoint(path, fingerprint)):
+        mask, scores, done = torch.tensor(state["mask"]), torch.tensor(state["scores"]), state["done"]
+    current = loss(mask)
+    sources = torch.tensor([s for s, _ in graph.edge_endpoints])
+    node_index = {n: i for i, n in enumerate(graph.nodes)}
+    for step, (dst, edges) in enumerate(tqdm(destinations, disable=not progress, desc="acdc")):
+        if step < done:
+            continue
+        alive = dst == "logits" or bool(mask[sources == node_index[dst]].any())
+        for i in edges:
+            if not alive:
+                mask[i] = 0.0
+                continue
+            mask[i] = 0.0
+            trial = loss(mask)
+            scores[i] = trial - current
+            if trial - current < threshold:
+                current = trial
+            else:
+                mask[i] = 1.0
+        if path is not None:
+            _save_checkpoint(path, {"version": CHECKPOINT_VERSION, "fingerprint": fingerprint, "done": step + 1,
+                                    "mask": mask.tolist(), "scores": scores.tolist()})
+    tested = scores[~scores.isnan()]
+    floor = float(tested.min()) - 1.0 if len(tested) else -1.0
+    scores = torch.where(scores.isnan(), torch.full_like(scores, floor), scores)
+    kept = frozenset(graph.edges[i] for i in torch.nonzero(mask).flatten().tolist())
+    return EdgeScores(graph, scores, "acdc", ranking="signed", circuit=kept)
