@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                                epilog="example: mechwork zoo build pairs trojan")
     build.add_argument("names", nargs="*", help="zoo model names (default: all)")
     build.set_defaults(func=_zoo_build)
+    from ._discover import add_bench, add_commands
+
+    add_commands(sub)
+    add_bench(sub)
     return parser
 
 
@@ -76,11 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ..hooks import InputError, UnknownHookError
     from ..models import ModelNotAvailableError
+    from ..discovery import CircuitFileError, UnknownMethodError
     from ..models.zoo import UnknownZooModelError
 
     try:
         return args.func(args)
-    except (InputError, UnknownHookError, UnknownZooModelError, ModelNotAvailableError, ValueError) as exc:
+    except (InputError, UnknownHookError, UnknownZooModelError, ModelNotAvailableError, CircuitFileError,
+            UnknownMethodError, ValueError, TypeError) as exc:
         print(f"mechwork: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

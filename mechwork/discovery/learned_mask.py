@@ -19,8 +19,8 @@ from ._types import DiscoveryTask, EdgeScores
 
 
 @register_method("learned-mask", "edge-mask optimisation: sigmoid masks trained for faithfulness + sparsity",
-                 steps=150, lr=0.1, sparsity=1.0, init=3.0)
-def learned_mask(model, graph, task: DiscoveryTask, steps: int = 150, lr: float = 0.1, sparsity: float = 1.0,
+                 steps=150, lr=0.1, sparsity=0.1, init=3.0)
+def learned_mask(model, graph, task: DiscoveryTask, steps: int = 150, lr: float = 0.1, sparsity: float = 0.1,
                  init: float = 3.0) -> EdgeScores:
     with torch.no_grad():
         resid = embed(model, task.clean)

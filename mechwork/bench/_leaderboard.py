@@ -1,0 +1,108 @@
+"""The method leaderboard: every registered discovery method on every zoo model with a planted circuit.
+
+Each cell (model x method) is computed once and saved atomically as ``DIR/cells/MODEL__METHOD.json``;
+a rerun reads finished cells instead of recomputing them, so an interrupted run resumes. Scores are
+deterministic for a seed (prompts come from the seeded task; the methods use no randomness).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+COLUMNS = ("model", "method", "edge_roc_auc", "node_roc_auc", "precision_at_size", "cpr", "cmd", "faithfulness",
+           "n_edges", "seconds")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    n_prompts: int = 32
+    seed: int = 0
+    metric: str = "logit_diff"
+    ablation: str = "corrupted"
+
+    def key(self) -> dict:
+        return {"n_prompts": self.n_prompts, "seed": self.seed, "metric": self.metric, "ablation": self.ablation}
+
+
+def circuit_models() -> list[str]:
+    from ..models import zoo
+
+    return [e.name for e in zoo.entries() if e.ground_truth_kind == "circuit"]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def run_cell(model_name: str, method: str, settings: BenchSettings, out: Path) -> dict:
+    path = out / "cells" / f"{model_name}__{method}.json"
+    if path.exists():
+        cell = json.loads(path.read_text())
+        if cell.get("settings") == settings.key():
+            return cell
+    from ..discovery import find_circuit
+    from ..models import load, zoo
+
+    entry = zoo.get_entry(model_name)
+    model = load(f"zoo:{model_name}")
+    data = entry.task.data(settings.n_prompts, seed=settings.seed)
+    circuit = find_circuit(model, data, method, metric=settings.metric, ablation=settings.ablation,
+                           truth=entry.ground_truth(), task_name=model_name)
+    circuit.save(out / "circuits" / f"{model_name}__{method}.json")
+    g, f = circuit.ground_truth, circuit.faithfulness
+    cell = {"settings": settings.key(), "model": model_name, "method": method,
+            "edge_roc_auc": g["edge_roc_auc"], "node_roc_auc": g["node_roc_auc"],
+            "precision_at_size": g["precision_at_size"], "cpr": f["curve"]["cpr"], "cmd": f["curve"]["cmd"],
+            "faithfulness": f["value"], "n_edges": circuit.n_edges, "seconds": circuit.provenance["seconds"]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, json.dumps(cell, indent=1))
+    return cell
+
+
+def run_leaderboard(out_dir: str | os.PathLike, *, models: Sequence[str] | None = None,
+                    methods: Sequence[str] | None = None, settings: BenchSettings = BenchSettings(),
+                    progress=print) -> list[dict]:
+    from ..discovery import methods as registered
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    models = list(models or circuit_models())
+    methods = list(methods or [m.name for m in registered()])
+    rows = []
+    for model_name in models:
+        for method in methods:
+            cell = run_cell(model_name, method, settings, out)
+            rows.append(cell)
+            if progress:
+                progress(f"{model_name:10s} {method:14s} edge AUC {cell['edge_roc_auc']:.3f}  CPR {cell['cpr']:.3f}  "
+                         f"CMD {cell['cmd']:.3f}  {cell['seconds']:.2f}s")
+    write_tables(out, rows, settings)
+    return rows
+
+
+def write_tables(out: Path, rows: list[dict], settings: BenchSettings) -> None:
+    with open(out / ".leaderboard.csv.tmp", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(out / ".leaderboard.csv.tmp", out / "leaderboard.csv")
+    _atomic_write(out / "leaderboard.md", markdown_table(rows, settings))
+
+
+def markdown_table(rows: list[dict], settings: BenchSettings) -> str:
+    head = ("| model | method | edge ROC AUC | node ROC AUC | precision@|GT| | CPR (higher better) | "
+            "CMD (lower better) | circuit edges | faithfulness | seconds |")
+    lines = [f"Settings: {settings.n_prompts} prompts, seed {settings.seed}, metric {settings.metric}, "
+             f"ablation {settings.ablation}.", "", head, "|" + "---|" * 10]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['method']} | {r['edge_roc_auc']:.3f} | {r['node_roc_auc']:.3f} | "
+                     f"{r['precision_at_size']:.2f} | {r['cpr']:.3f} | {r['cmd']:.3f} | {r['n_edges']} | "
+                     f"{r['faithfulness']:.3f} | {r['seconds']:.2f} |")
+    return "\n".join(lines) + "\n"
