@@ -78,9 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from ..discovery import CircuitFileError, UnknownMethodError
     from ..hooks import InputError, UnknownHookError
     from ..models import ModelNotAvailableError
-    from ..discovery import CircuitFileError, UnknownMethodError
     from ..models.zoo import UnknownZooModelError
 
     try:

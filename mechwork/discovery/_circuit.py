@@ -8,6 +8,7 @@ versions, and names the key at fault in a malformed file.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import dataclass, field
@@ -40,7 +41,8 @@ class Circuit:
         return len(self.selected)
 
     def to_dict(self) -> dict:
-        return {
+        """A deep copy: editing it never changes this circuit."""
+        return copy.deepcopy({
             "schema": SCHEMA,
             "version": VERSION,
             "model": self.model,
@@ -53,7 +55,7 @@ class Circuit:
             "ground_truth": self.ground_truth,
             "edges": [{"edge": e, "score": s} for e, s in self.edges.items()],
             "provenance": self.provenance,
-        }
+        })
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically: an interrupted save never leaves a half-written file."""

@@ -33,8 +33,11 @@ class DestinationGrads:
 def _grad_hooks(graph: Graph, grads: DestinationGrads) -> list:
     def tap(store):
         def hook(act: Tensor, hook) -> Tensor:
-            act.register_hook(store)
-            return act
+            # A fresh tensor: the bridge may pass the same tensor on along the residual stream (hook_mlp_in
+            # is resid_mid itself), and only the gradient through this destination's input is wanted.
+            tapped = act.clone()
+            tapped.register_hook(store)
+            return tapped
 
         return hook
 
@@ -100,7 +103,8 @@ def destination_grads(
 
 def edge_attributions(graph: Graph, deltas: Tensor, grads: DestinationGrads, scale: float = 1.0) -> Tensor:
     """``-(out_u - ablated_u) . grad_d`` for every edge, summed over batch (mean) and, unless the graph
-    is resolved by position, over positions (the metric already averages over the batch). ``deltas``: ``[batch, pos, sources, d_model]``."""
+    is resolved by position, over positions (the metric already averages over the batch).
+    ``deltas``: ``[batch, pos, sources, d_model]``."""
     positional = graph.positions is not None
     keep = "p" if positional else ""
     parts = []

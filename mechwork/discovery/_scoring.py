@@ -8,6 +8,7 @@ for k in PERCENTAGES; CPR is the area under f (higher is better) and CMD the are
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -37,7 +38,7 @@ class CircuitEvaluator:
         logits = masked_forward(self.model, self.graph, self.resid, mask, self.ablated, position=self.task.position)
         return as_scalar(self.task.metric.score(logits), metric_name(self.task.metric))
 
-    def faithfulness(self, edges: frozenset[str] | set[str]) -> float:
+    def faithfulness(self, edges: Iterable[str]) -> float:
         span = self.full - self.empty
         if abs(span) < 1e-12:
             return float("nan")  # the ablation does not change the metric: faithfulness is undefined

@@ -36,7 +36,7 @@ CHECKPOINT_VERSION = 1
 def _destinations(graph: Graph) -> list[tuple[str, list[int]]]:
     """(destination node, its incoming flat edge indices, latest source first), logits first."""
     incoming: dict[int, list[int]] = {}
-    for i, (src, dst) in enumerate(graph.edge_endpoints):
+    for i, (_src, dst) in enumerate(graph.edge_endpoints):
         incoming.setdefault(dst, []).append(i)
     order = sorted(incoming, reverse=True)  # node order is topological; logits is last
     return [(graph.nodes[d], sorted(incoming[d], key=lambda i: -graph.edge_endpoints[i][0])) for d in order]

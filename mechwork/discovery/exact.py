@@ -66,7 +66,7 @@ def _scores_of(logits: Tensor, task: DiscoveryTask, n_edges: int, batch: int, ba
     return [as_scalar(task.metric.score(per_edge[i]), name) - base for i in range(n_edges)]
 
 
-def _group_edges(graph: Graph, layer: int | None, kind: str) -> list[tuple[int, int, int, int | None]]:
+def _group_edges(graph: Graph, layer: int | None, kind: str) -> list[tuple[int, int, int, int, int | None]]:
     """(flat edge index, port, head, source, position) for the edges into one destination group."""
     layout = []
     positions = range(graph.positions) if graph.positions else [None]

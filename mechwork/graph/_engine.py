@@ -24,7 +24,7 @@ from ..hooks._runner import embed, hook_flags, run_from
 from ..hooks._validation import InputError
 from ._graph import PORTS, Graph, MaskViews
 
-AblationValues = Float[Tensor, "batch pos sources d_model"]
+AblationValues = Float[Tensor, "_batch pos sources d_model"]  # batch 1 for mean/zero
 
 
 def _edge_flags(model):
@@ -62,7 +62,7 @@ def ablation_values(
     graph: Graph,
     kind: str,
     clean: Int[Tensor, "batch pos"],
-    corrupted: Int[Tensor, "batch pos"] | None = None,
+    corrupted: Int[Tensor, "_ref pos"] | None = None,
 ) -> AblationValues:
     """What an ablated edge carries: ``"corrupted"`` (the corrupted run, row by row), ``"mean"`` (the
     mean over ``corrupted`` used as a reference set, per position) or ``"zero"``."""
@@ -75,7 +75,9 @@ def ablation_values(
         raise InputError(f"clean prompts have {clean.shape[1]} positions, reference prompts {corrupted.shape[1]}")
     if kind == "corrupted":
         if corrupted.shape != clean.shape:
-            raise InputError(f"clean {tuple(clean.shape)} and corrupted {tuple(corrupted.shape)} must have the same shape")
+            raise InputError(
+                f"clean {tuple(clean.shape)} and corrupted {tuple(corrupted.shape)} must have the same shape"
+            )
         return node_outputs(model, graph, corrupted)
     if kind == "mean":
         return node_outputs(model, graph, corrupted).mean(0, keepdim=True)
@@ -138,9 +140,10 @@ def _input_hooks(graph: Graph, views: MaskViews, deltas: _Deltas, skip_kept: boo
         port_axis = 1 if deltas.positional else 0
         for p, port in enumerate(PORTS):
             weights = 1 - views.attn[layer].select(port_axis, p)
-            hooks.append((f"blocks.{layer}.hook_{port}_input", correct(weights, graph.n_sources_attn(layer), head_spec)))
-        hooks.append((f"blocks.{layer}.hook_mlp_in", correct(1 - views.mlp[layer], graph.n_sources_mlp(layer),
-                                                             single_spec)))
+            fix = correct(weights, graph.n_sources_attn(layer), head_spec)
+            hooks.append((f"blocks.{layer}.hook_{port}_input", fix))
+        fix = correct(1 - views.mlp[layer], graph.n_sources_mlp(layer), single_spec)
+        hooks.append((f"blocks.{layer}.hook_mlp_in", fix))
     last = f"blocks.{graph.n_layers - 1}.hook_resid_post"
     hooks.append((last, correct(1 - views.logits, graph.n_sources, single_spec)))
     return hooks

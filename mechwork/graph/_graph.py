@@ -19,6 +19,7 @@ gains a leading position axis.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -164,7 +165,7 @@ class Graph:
     def full_mask(self, value: float = 1.0, **kwargs) -> Float[Tensor, " edges"]:
         return torch.full((self.n_edges,), float(value), **kwargs)
 
-    def mask_of(self, kept: set[str] | list[str], **kwargs) -> Float[Tensor, " edges"]:
+    def mask_of(self, kept: Iterable[str], **kwargs) -> Float[Tensor, " edges"]:
         """A 0/1 mask keeping exactly the named edges."""
         mask = self.full_mask(0.0, **kwargs)
         for name in kept:
