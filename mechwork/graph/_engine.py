@@ -104,35 +104,37 @@ class _Deltas:
         else:
             self.chunks.append((index, delta))
 
-    def mix(self, weights: Tensor, n_sources: int, spec: str) -> Tensor:
-        """``sum_u weights[..., u] * delta_u`` over the first ``n_sources`` sources (einsum ``spec``)."""
+    def mix(self, weights: Tensor, n_sources: int, heads: bool) -> Tensor:
+        """``sum_u weights[..., u] * delta_u`` over the first ``n_sources`` sources.
+
+        ``weights``: ``[(pos,) heads, sources]`` for a head group (result ``[batch, pos, heads, d]``) or
+        ``[(pos,) sources]`` for one destination (result ``[batch, pos, d]``). A broadcast matmul over
+        (batch, pos) is several times faster here than the equivalent einsum on CPU.
+        """
+        w = weights if heads or not self.positional else weights.unsqueeze(-2)  # [pos, 1, sources]
         if self.buffer is not None:
-            return torch.einsum(spec, self.buffer[:, :, :n_sources], weights)
+            return _squeeze(torch.matmul(w, self.buffer[:, :, :n_sources]), heads, self.positional)
         total = None
         for index, delta in self.chunks:
             if index >= n_sources:
                 break
-            part = torch.einsum(spec, delta, weights[..., index : index + delta.shape[2]])
+            part = torch.matmul(w[..., index : index + delta.shape[2]], delta)
             total = part if total is None else total + part
-        return total
+        return _squeeze(total, heads, self.positional)
 
 
-def _specs(positional: bool) -> tuple[str, str]:
-    """einsum specs for a head group (weights ``[(pos,) heads, sources]``) and a single destination."""
-    if positional:
-        return "bpud,phu->bphd", "bpud,pu->bpd"
-    return "bpud,hu->bphd", "bpud,u->bpd"
+def _squeeze(out: Tensor, heads: bool, positional: bool) -> Tensor:
+    return out.squeeze(-2) if positional and not heads else out
 
 
 def _input_hooks(graph: Graph, views: MaskViews, deltas: _Deltas, skip_kept: bool) -> list:
-    head_spec, single_spec = _specs(deltas.positional)
     hooks = []
 
-    def correct(weights: Tensor, n_src: int, spec: str):
+    def correct(weights: Tensor, n_src: int, heads: bool):
         def hook(act: Tensor, hook) -> Tensor | None:
             if skip_kept and not bool(weights.any()):
                 return None
-            return act - deltas.mix(weights, n_src, spec).to(act.dtype)
+            return act - deltas.mix(weights, n_src, heads).to(act.dtype)
 
         return hook
 
@@ -140,12 +142,12 @@ def _input_hooks(graph: Graph, views: MaskViews, deltas: _Deltas, skip_kept: boo
         port_axis = 1 if deltas.positional else 0
         for p, port in enumerate(PORTS):
             weights = 1 - views.attn[layer].select(port_axis, p)
-            fix = correct(weights, graph.n_sources_attn(layer), head_spec)
+            fix = correct(weights, graph.n_sources_attn(layer), True)
             hooks.append((f"blocks.{layer}.hook_{port}_input", fix))
-        fix = correct(1 - views.mlp[layer], graph.n_sources_mlp(layer), single_spec)
+        fix = correct(1 - views.mlp[layer], graph.n_sources_mlp(layer), False)
         hooks.append((f"blocks.{layer}.hook_mlp_in", fix))
     last = f"blocks.{graph.n_layers - 1}.hook_resid_post"
-    hooks.append((last, correct(1 - views.logits, graph.n_sources, single_spec)))
+    hooks.append((last, correct(1 - views.logits, graph.n_sources, False)))
     return hooks
 
 
