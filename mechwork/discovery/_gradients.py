@@ -101,18 +101,29 @@ def destination_grads(
     return grads
 
 
+def _source_major(x: Tensor, positional: bool) -> Tensor:
+    """``[batch, pos, n, d]`` -> ``[pos, n, batch*d]`` (positional) or ``[1, n, pos*batch*d]``: the layout
+    in which every destination group's edge scores are one (batched) matrix product."""
+    b, p, n, d = x.shape
+    if positional:
+        return x.permute(1, 2, 0, 3).reshape(p, n, b * d)
+    return x.permute(2, 1, 0, 3).reshape(1, n, p * b * d)
+
+
 def edge_attributions(graph: Graph, deltas: Tensor, grads: DestinationGrads, scale: float = 1.0) -> Tensor:
-    """``-(out_u - ablated_u) . grad_d`` for every edge, summed over batch (mean) and, unless the graph
+    """``-(out_u - ablated_u) . grad_d`` for every edge, summed over batch and, unless the graph
     is resolved by position, over positions (the metric already averages over the batch).
     ``deltas``: ``[batch, pos, sources, d_model]``."""
     positional = graph.positions is not None
-    keep = "p" if positional else ""
+    d_src = _source_major(deltas.expand(grads.logits.shape[0], -1, -1, -1), positional)  # [P, sources, K]
     parts = []
     for layer in range(graph.n_layers):
         n_attn, n_mlp = graph.n_sources_attn(layer), graph.n_sources_mlp(layer)
-        attn = torch.einsum(f"bpud,bpxhd->{keep}xhu", deltas[:, :, :n_attn], grads.attn[layer])
-        mlp = torch.einsum(f"bpud,bpd->{keep}u", deltas[:, :, :n_mlp], grads.mlp[layer])
-        parts += [attn.flatten(-3), mlp]
-    parts.append(torch.einsum(f"bpud,bpd->{keep}u", deltas, grads.logits))
-    flat = torch.cat(parts, dim=-1)
+        g_attn = _source_major(grads.attn[layer].flatten(2, 3), positional)  # [P, 3*heads, K]
+        parts.append(torch.matmul(g_attn, d_src[:, :n_attn].transpose(1, 2)).flatten(1))  # port, head, source
+        g_mlp = _source_major(grads.mlp[layer].unsqueeze(2), positional)
+        parts.append(torch.matmul(g_mlp, d_src[:, :n_mlp].transpose(1, 2)).flatten(1))
+    g_logits = _source_major(grads.logits.unsqueeze(2), positional)
+    parts.append(torch.matmul(g_logits, d_src.transpose(1, 2)).flatten(1))
+    flat = torch.cat(parts, dim=-1)  # [P, edges per position]
     return (-flat * scale).flatten().cpu().float()
