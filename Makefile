@@ -31,6 +31,7 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/patching.py
+	$(PY) benchmarks/discovery.py
 
 clean:
 	rm -rf demo_out bench_out .pytest_cache

@@ -97,7 +97,7 @@ def write_tables(out: Path, rows: list[dict], settings: BenchSettings) -> None:
 
 
 def markdown_table(rows: list[dict], settings: BenchSettings) -> str:
-    head = ("| model | method | edge ROC AUC | node ROC AUC | precision@|GT| | CPR (higher better) | "
+    head = ("| model | method | edge ROC AUC | node ROC AUC | precision at planted size | CPR (higher better) | "
             "CMD (lower better) | circuit edges | faithfulness | seconds |")
     lines = [f"Settings: {settings.n_prompts} prompts, seed {settings.seed}, metric {settings.metric}, "
              f"ablation {settings.ablation}.", "", head, "|" + "---|" * 10]
