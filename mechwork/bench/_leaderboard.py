@@ -8,11 +8,14 @@ deterministic for a seed (prompts come from the seeded task; the methods use no 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from .._io import atomic_write_text
 
 COLUMNS = ("model", "method", "edge_roc_auc", "node_roc_auc", "precision_at_size", "cpr", "cmd", "faithfulness",
            "n_edges", "seconds")
@@ -35,12 +38,6 @@ def circuit_models() -> list[str]:
     return [e.name for e in zoo.entries() if e.ground_truth_kind == "circuit"]
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def run_cell(model_name: str, method: str, settings: BenchSettings, out: Path) -> dict:
     path = out / "cells" / f"{model_name}__{method}.json"
     if path.exists():
@@ -61,8 +58,7 @@ def run_cell(model_name: str, method: str, settings: BenchSettings, out: Path) -
             "edge_roc_auc": g["edge_roc_auc"], "node_roc_auc": g["node_roc_auc"],
             "precision_at_size": g["precision_at_size"], "cpr": f["curve"]["cpr"], "cmd": f["curve"]["cmd"],
             "faithfulness": f["value"], "n_edges": circuit.n_edges, "seconds": circuit.provenance["seconds"]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, json.dumps(cell, indent=1))
+    atomic_write_text(path, json.dumps(cell, indent=1))
     return cell
 
 
@@ -88,12 +84,12 @@ def run_leaderboard(out_dir: str | os.PathLike, *, models: Sequence[str] | None 
 
 
 def write_tables(out: Path, rows: list[dict], settings: BenchSettings) -> None:
-    with open(out / ".leaderboard.csv.tmp", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(out / ".leaderboard.csv.tmp", out / "leaderboard.csv")
-    _atomic_write(out / "leaderboard.md", markdown_table(rows, settings))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "leaderboard.csv", buffer.getvalue())
+    atomic_write_text(out / "leaderboard.md", markdown_table(rows, settings))
 
 
 def markdown_table(rows: list[dict], settings: BenchSettings) -> str:

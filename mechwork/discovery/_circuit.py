@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .._io import atomic_write_text
+
 SCHEMA = "mechwork.circuit"
 VERSION = 1
 
@@ -59,12 +61,7 @@ class Circuit:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically: an interrupted save never leaves a half-written file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=True))
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=True))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Circuit:

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .._io import atomic_write_text
 from ..graph import Graph, masked_forward
 from ..hooks._runner import embed
 from ..hooks._validation import InputError
@@ -87,10 +88,7 @@ def _load_checkpoint(path: Path, fingerprint: str) -> dict | None:
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(state))
 
 
 @register_method("acdc", "ACDC: prune edges from the logits backwards while the loss stays within a threshold",

@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .._io import atomic_write_text
 from ._runner import hooked
 from ._selectors import HookSelector, SelectorLike
 from ._validation import InputError, check_tokens
@@ -71,9 +72,7 @@ def _fingerprint(tokens: Tensor | Iterable[Tensor]) -> str | None:
 
 
 def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 def stream_activations(
