@@ -13,7 +13,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..graph import PORTS, Graph
-from ..graph._engine import output_hooks
+from ..graph._engine import recording_outputs
 from ..hooks._attribution import frozen_parameters
 from ..hooks._runner import hook_flags, run_from
 from ..metrics import as_scalar, metric_name
@@ -28,6 +28,7 @@ class DestinationGrads:
     mlp: list[Tensor]  # per layer [batch, pos, d_model]
     logits: Tensor  # [batch, pos, d_model]
     metric_values: list[float]
+    outputs: Tensor | None = None  # node outputs of the first run, when asked for
 
 
 def _grad_hooks(graph: Graph, grads: DestinationGrads) -> list:
@@ -66,12 +67,12 @@ def destination_grads(
     graph: Graph,
     task: DiscoveryTask,
     residuals: list[Float[Tensor, "batch pos d_model"]],
-    outputs: Tensor | None = None,
+    record_outputs: bool = False,
 ) -> DestinationGrads:
     """Sum over ``residuals`` (embedding-level inputs) of dM/dx at every destination input.
 
-    With ``outputs`` given (``[batch, pos, sources, d_model]``), every node's output in the first run
-    is written into it, so a caller that needs the clean outputs gets them without another forward.
+    With ``record_outputs``, every node's output in the first run is kept in ``grads.outputs``
+    (``[batch, pos, sources, d_model]``), so a caller that needs them saves a forward.
     """
     b, p, d = residuals[0].shape
     zeros = residuals[0].new_zeros
@@ -82,16 +83,13 @@ def destination_grads(
         metric_values=[],
     )
     hooks = _grad_hooks(graph, grads)
-    if outputs is not None:
-        outputs[:, :, 0] = residuals[0]
-
-        def record(i: int, value: Tensor) -> None:
-            outputs[:, :, i : i + value.shape[2]] = value.detach()
-
-        first_hooks = hooks + output_hooks(graph, record)
-    with hook_flags(model, attn_result=outputs is not None, split_qkv=True, mlp_in=True), frozen_parameters(model):
+    first_hooks = hooks
+    if record_outputs:
+        grads.outputs, recorders = recording_outputs(graph, residuals[0])
+        first_hooks = hooks + recorders
+    with hook_flags(model, attn_result=record_outputs, split_qkv=True, mlp_in=True), frozen_parameters(model):
         for i, resid in enumerate(residuals):
-            hooks_now = first_hooks if (outputs is not None and i == 0) else hooks
+            hooks_now = first_hooks if i == 0 else hooks
             with torch.enable_grad():
                 x = resid.detach().requires_grad_(True)
                 logits = run_from(model, x, 0, position=task.position, fwd_hooks=hooks_now)

@@ -19,6 +19,5 @@ def eap(model, graph, task: DiscoveryTask) -> EdgeScores:
     ablated = task.ablated(model, graph)  # the corrupted forward (or the reference mean)
     with torch.no_grad():
         resid = embed(model, task.clean)
-    clean = resid.new_zeros(*resid.shape[:2], graph.n_sources, resid.shape[-1])
-    grads = destination_grads(model, graph, task, [resid], outputs=clean)  # the clean forward + backward
-    return EdgeScores(graph, edge_attributions(graph, clean - ablated, grads), "eap")
+    grads = destination_grads(model, graph, task, [resid], record_outputs=True)  # the clean forward + backward
+    return EdgeScores(graph, edge_attributions(graph, grads.outputs - ablated, grads), "eap")

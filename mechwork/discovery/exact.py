@@ -16,7 +16,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..graph import PORTS, Graph, run_circuit
-from ..graph._engine import output_hooks
+from ..graph._engine import recording_outputs
 from ..hooks._runner import embed, hook_flags, run_from, run_layer_then_rest
 from ..metrics import as_scalar, metric_name
 from ._registry import register_method
@@ -33,14 +33,8 @@ class _CleanRun:
 @torch.no_grad()
 def _clean_run(model, graph: Graph, task: DiscoveryTask) -> _CleanRun:
     resid = embed(model, task.clean)
-    outputs = resid.new_zeros(*resid.shape[:2], graph.n_sources, resid.shape[-1])
-    outputs[:, :, 0] = resid
+    outputs, hooks = recording_outputs(graph, resid)
     pre: dict[int, Tensor] = {}
-
-    def record(i: int, value: Tensor) -> None:
-        outputs[:, :, i : i + value.shape[2]] = value
-
-    hooks = output_hooks(graph, record)
     for layer in range(graph.n_layers):
         hooks.append((f"blocks.{layer}.hook_resid_pre", lambda a, hook, i=layer: pre.__setitem__(i, a.clone())))
     last = graph.n_layers - 1

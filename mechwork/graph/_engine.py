@@ -42,18 +42,26 @@ def output_hooks(graph: Graph, record: Callable[[int, Tensor], None]) -> list:
     return hooks
 
 
+def recording_outputs(graph: Graph, resid: Float[Tensor, "batch pos d_model"]) -> tuple[Tensor, list]:
+    """A ``[batch, pos, sources, d_model]`` buffer holding the input node's output (``resid``), and
+    hooks that fill in every head's and MLP's output (detached) as a forward runs (needs
+    ``hook_result``, i.e. the bridge's ``attn_result`` flag)."""
+    out = resid.new_zeros(*resid.shape[:2], graph.n_sources, resid.shape[-1])
+    out[:, :, 0] = resid.detach()
+
+    def record(i: int, value: Tensor) -> None:
+        out[:, :, i : i + value.shape[2]] = value.detach()
+
+    return out, output_hooks(graph, record)
+
+
 @torch.no_grad()
 def node_outputs(model, graph: Graph, tokens: Int[Tensor, "batch pos"]) -> AblationValues:
     """Every source node's output on ``tokens``: ``[batch, pos, sources, d_model]``."""
     resid = embed(model, tokens)
-    out = resid.new_zeros(*resid.shape[:2], graph.n_sources, resid.shape[-1])
-    out[:, :, 0] = resid
-
-    def record(i: int, value: Tensor) -> None:
-        out[:, :, i : i + value.shape[2]] = value
-
+    out, hooks = recording_outputs(graph, resid)
     with hook_flags(model, attn_result=True, split_qkv=False, mlp_in=False):
-        run_from(model, resid, 0, position=-1, fwd_hooks=output_hooks(graph, record))
+        run_from(model, resid, 0, position=-1, fwd_hooks=hooks)
     return out
 
 
