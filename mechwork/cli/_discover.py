@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+from ._main import EXIT_FAILURE, EXIT_OK
 
 
 def _options(pairs: list[str]) -> dict:

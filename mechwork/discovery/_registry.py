@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import time
 from collections.abc import Callable
@@ -64,8 +65,7 @@ def discover(model, graph, task: DiscoveryTask, method: str, **options) -> EdgeS
     start = time.perf_counter()
     result = entry.run(model, graph, task, **chosen)
     elapsed = time.perf_counter() - start
-    return EdgeScores(result.graph, result.scores, method, _plain(chosen), result.ranking, result.node_scores,
-                      result.circuit, elapsed)
+    return dataclasses.replace(result, method=method, options=_plain(chosen), seconds=elapsed)
 
 
 def _plain(options: dict) -> dict:

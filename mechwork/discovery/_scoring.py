@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._nodes import edge_nodes
 from ..graph import Graph, masked_forward
 from ..hooks._runner import embed
 from ..metrics import as_scalar, metric_name
@@ -130,8 +131,7 @@ def ground_truth_scores(scores: EdgeScores, truth) -> dict[str, float]:
     hits = sum(e in truth.edges for e in ranked)
     node_importance: dict[str, float] = {}
     for e, value in importance.items():
-        src, dst = e.split("->")
-        for node in (src, dst.rsplit(".", 1)[0] if dst[-2:] in (".q", ".k", ".v") else dst):
+        for node in edge_nodes(e):
             node_importance[node] = max(node_importance.get(node, float("-inf")), value)
     inner = [n for n in node_importance if n not in ("input", "logits")]
     node_auc = roc_auc([node_importance[n] for n in inner], [n in truth.nodes for n in inner])

@@ -104,7 +104,7 @@ def acdc(model, graph: Graph, task: DiscoveryTask, threshold: float = 0.01, obje
     if path is not None and (state := _load_checkpoint(path, fingerprint)):
         mask, scores, done = torch.tensor(state["mask"]), torch.tensor(state["scores"]), state["done"]
     current = loss(mask)
-    sources = torch.tensor([s for s, _ in graph.edge_endpoints])
+    sources = graph.endpoint_tensor[:, 0]
     node_index = {n: i for i, n in enumerate(graph.nodes)}
     for step, (dst, edges) in enumerate(tqdm(destinations, disable=not progress, desc="acdc")):
         if step < done:

@@ -115,7 +115,7 @@ def _run_chunk(model, graph, task, clean: _CleanRun, deltas, layer, kind, chunk)
 def node_patching_scores(model, graph: Graph, task: DiscoveryTask, ablated: Tensor, base: float) -> dict[str, float]:
     """Metric change when a node's output is ablated for every downstream node (all its out-edges)."""
     scores = {}
-    sources = torch.tensor([graph.edge_endpoints[i][0] for i in range(graph.n_edges)])
+    sources = graph.endpoint_tensor[:, 0]
     for index, node in enumerate(graph.sources):
         mask = (sources != index).float()
         logits = run_circuit(model, graph, task.clean, mask, ablated, position=task.position)

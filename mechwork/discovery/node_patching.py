@@ -31,6 +31,6 @@ def node_patching(model, graph, task: DiscoveryTask) -> EdgeScores:
         node_scores[mlp_node(layer)] = float(runs["mlp_out"].values[layer]) - base
     ceiling = max(abs(v) for v in node_scores.values()) + 1.0  # the input and the logits always matter
     magnitude = torch.tensor([abs(node_scores.get(n, ceiling)) for n in graph.nodes])
-    ends = torch.tensor(graph.edge_endpoints)
+    ends = graph.endpoint_tensor
     scores = torch.minimum(magnitude[ends[:, 0]], magnitude[ends[:, 1]])
     return EdgeScores(graph, scores, "node-patching", ranking="signed", node_scores=node_scores)

@@ -161,6 +161,11 @@ class Graph:
         """(port, head, source) of a flat edge index within one position; port/head -1 off heads."""
         return self._coordinates[index % self.n_edges_per_position]
 
+    @cached_property
+    def endpoint_tensor(self) -> Tensor:
+        """``edge_endpoints`` as a ``[edges, 2]`` long tensor (source, destination node index)."""
+        return torch.tensor(self.edge_endpoints, dtype=torch.long)
+
     # ---- masks ---------------------------------------------------------------------------------
     def full_mask(self, value: float = 1.0, **kwargs) -> Float[Tensor, " edges"]:
         return torch.full((self.n_edges,), float(value), **kwargs)
