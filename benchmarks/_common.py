@@ -47,3 +47,27 @@ def device_line() -> str:
     if torch.cuda.is_available():
         return f"device: {torch.cuda.get_device_name()}"
     return f"device: CPU, {torch.get_num_threads()} threads"
+
+
+def bench_arguments(description: str):
+    """The arguments every benchmark shares (batch, sequence length, repeats); scripts add their own."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    return parser
+
+
+def random_prompt_pair(model, batch: int, seq: int):
+    """Seeded random clean/corrupted prompts on the model's device and a logit-difference metric at the
+    last position (clean first token vs corrupted first token)."""
+    from mechwork.metrics import LogitDiff
+
+    torch.manual_seed(0)
+    device = next(model.parameters()).device
+    vocab = model.cfg.d_vocab
+    clean = torch.randint(0, vocab, (batch, seq), device=device)
+    corrupted = torch.randint(0, vocab, (batch, seq), device=device)
+    return clean, corrupted, LogitDiff(position=-1, answers=clean[:, 0], wrong=corrupted[:, 0])

@@ -10,12 +10,11 @@ total is the sum over groups of (edges in group / that group's measured rate). T
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
-from _common import device_line, gpt2_small_random, median_seconds
+from _common import bench_arguments, device_line, gpt2_small_random, median_seconds, random_prompt_pair
 
 import mechwork
 from mechwork.discovery import DiscoveryTask, discover, task_from_data
@@ -23,7 +22,6 @@ from mechwork.discovery._scoring import CircuitEvaluator
 from mechwork.discovery.exact import _clean_run, _group_edges, _run_chunk
 from mechwork.graph import Graph
 from mechwork.hooks._runner import hook_flags
-from mechwork.metrics import LogitDiff
 
 
 def naive_edge_seconds(model, graph, clean, corrupted, edges) -> float:
@@ -63,19 +61,11 @@ def exact_rate(model, graph, task, max_rows: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = bench_arguments("discovery benchmarks")
     parser.add_argument("--max-rows", type=int, default=512)
     args = parser.parse_args()
-    torch.manual_seed(0)
     model = gpt2_small_random()
-    device = next(model.parameters()).device
-    vocab = model.cfg.d_vocab
-    clean = torch.randint(0, vocab, (args.batch, args.seq), device=device)
-    corrupted = torch.randint(0, vocab, (args.batch, args.seq), device=device)
-    metric = LogitDiff(position=-1, answers=clean[:, 0], wrong=corrupted[:, 0])
+    clean, corrupted, metric = random_prompt_pair(model, args.batch, args.seq)
     graph = Graph.from_model(model)
     task = DiscoveryTask(clean, corrupted, metric)
     print(device_line(), f"| batch {args.batch} x {args.seq} tokens | GPT2Config() random weights via the bridge "

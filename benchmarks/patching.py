@@ -5,31 +5,20 @@
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from _common import device_line, gpt2_small_random, median_seconds
+from _common import bench_arguments, device_line, gpt2_small_random, median_seconds, random_prompt_pair
 from transformer_lens import patching
 
 from mechwork.hooks import activation_patching, attribution_patching, cache_activations
 from mechwork.hooks._runner import hook_flags, uses_fast_path
-from mechwork.metrics import LogitDiff
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = bench_arguments("patching benchmarks")
     parser.add_argument("--only-caching", action="store_true", help="skip the sweeps")
     args = parser.parse_args()
-    torch.manual_seed(0)
     model = gpt2_small_random()
-    device = next(model.parameters()).device
-    vocab = model.cfg.d_vocab
-    clean = torch.randint(0, vocab, (args.batch, args.seq), device=device)
-    corrupted = torch.randint(0, vocab, (args.batch, args.seq), device=device)
-    metric = LogitDiff(position=-1, answers=clean[:, 0], wrong=corrupted[:, 0])
+    clean, corrupted, metric = random_prompt_pair(model, args.batch, args.seq)
     print(device_line(), f"| batch {args.batch} x {args.seq} tokens | GPT2Config() random weights via the bridge")
     # Every timing, baselines included, runs with the bridge's per-head edge hooks off: they make a forward
     # slower, and a fair baseline is the fastest plain forward.
