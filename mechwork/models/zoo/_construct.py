@@ -32,6 +32,41 @@ class Subspace:
         return slice(self.start, self.start + self.size)
 
 
+def gpt2_config(vocab_size: int, n_ctx: int, d_model: int, n_layers: int, n_heads: int, d_mlp: int,
+                activation: str) -> GPT2Config:
+    """The GPT-2 config every zoo model uses: no dropout, untied unembedding, token 0 as bos/eos/pad."""
+    return GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=n_ctx,
+        n_embd=d_model,
+        n_layer=n_layers,
+        n_head=n_heads,
+        n_inner=d_mlp,
+        activation_function=activation,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        layer_norm_epsilon=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+
+
+def token_circuit_layout(d_model: int, n_ctx: int, vocab_size: int, carrier: str) -> ResidualLayout:
+    """The layout of the constructed circuits: a constant, positions, the token, what the circuit carries
+    between its heads (``carrier``), the output, and three 8-dimensional junk subspaces for distractors."""
+    lay = ResidualLayout(d_model)
+    lay.alloc("one", 1)
+    lay.alloc("pos", n_ctx)
+    for name in ("tok", carrier, "out"):
+        lay.alloc(name, vocab_size)
+    for name in ("junk0", "junk1", "junk2"):
+        lay.alloc(name, 8)
+    return lay
+
+
 class ResidualLayout:
     """Allocates named feature subspaces of the ideal basis and maps them into the real residual."""
 
@@ -153,23 +188,7 @@ class GPT2Constructor:
         lay = self.layout
         u = lay.basis()  # [d_model, d_ideal]
         d = lay.d_model
-        cfg = GPT2Config(
-            vocab_size=self.vocab_size,
-            n_positions=self.n_ctx,
-            n_embd=d,
-            n_layer=self.n_layers,
-            n_head=self.n_heads,
-            n_inner=self.d_mlp,
-            activation_function=self.activation,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            layer_norm_epsilon=1e-5,
-            tie_word_embeddings=False,
-            bos_token_id=0,
-            eos_token_id=0,
-            pad_token_id=0,
-        )
+        cfg = gpt2_config(self.vocab_size, self.n_ctx, d, self.n_layers, self.n_heads, self.d_mlp, self.activation)
         model = GPT2LMHeadModel(cfg)
         sd = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
         gain = lay.ln_gain()

@@ -15,6 +15,8 @@ from jaxtyping import Int
 from torch import Tensor
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from ._construct import gpt2_config
+
 
 @dataclass(frozen=True)
 class Architecture:
@@ -28,22 +30,8 @@ class Architecture:
     activation: str = "relu"
 
     def hf_config(self, vocab_size: int) -> GPT2Config:
-        return GPT2Config(
-            vocab_size=vocab_size,
-            n_positions=self.n_ctx,
-            n_embd=self.d_model,
-            n_layer=self.n_layers,
-            n_head=self.n_heads,
-            n_inner=self.d_mlp,
-            activation_function=self.activation,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            tie_word_embeddings=False,
-            bos_token_id=0,
-            eos_token_id=0,
-            pad_token_id=0,
-        )
+        return gpt2_config(vocab_size, self.n_ctx, self.d_model, self.n_layers, self.n_heads, self.d_mlp,
+                           self.activation)
 
 
 @dataclass(frozen=True)

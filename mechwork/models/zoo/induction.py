@@ -25,7 +25,7 @@ from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from ..._nodes import edge, head_node
 from .._tokenizer import word_level_tokenizer
-from ._construct import GPT2Constructor, ResidualLayout, one_hot_rows, random_map
+from ._construct import GPT2Constructor, one_hot_rows, random_map, token_circuit_layout
 from ._types import CircuitGroundTruth, Task, TaskData, distinct_tokens
 
 VOCAB = ["<bos>", *string.ascii_lowercase]
@@ -37,19 +37,8 @@ LOGIT_SCALE = 10.0
 D_MODEL, N_HEADS = 128, 4
 
 
-def _layout() -> ResidualLayout:
-    lay = ResidualLayout(D_MODEL)
-    lay.alloc("one", 1)
-    lay.alloc("pos", N_CTX)
-    for name in ("tok", "prev", "out"):
-        lay.alloc(name, len(VOCAB))
-    for name in ("junk0", "junk1", "junk2"):
-        lay.alloc(name, 8)
-    return lay
-
-
 def build() -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast]:
-    lay = _layout()
+    lay = token_circuit_layout(D_MODEL, N_CTX, len(VOCAB), carrier="prev")
     v = len(VOCAB)
     c = GPT2Constructor(lay, n_layers=2, n_heads=N_HEADS, vocab_size=v, n_ctx=N_CTX, d_mlp=32)
     dh = c.d_head

@@ -23,7 +23,7 @@ from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from ..._nodes import edge, head_node, mlp_node
 from .._tokenizer import word_level_tokenizer
-from ._construct import GPT2Constructor, ResidualLayout, one_hot_rows, random_map
+from ._construct import GPT2Constructor, one_hot_rows, random_map, token_circuit_layout
 from ._types import CircuitGroundTruth, Task, TaskData, distinct_tokens
 
 LETTERS = list(string.ascii_lowercase)
@@ -45,19 +45,8 @@ def lookup_table() -> torch.Tensor:
     return table
 
 
-def _layout() -> ResidualLayout:
-    lay = ResidualLayout(D_MODEL)
-    lay.alloc("one", 1)
-    lay.alloc("pos", N_CTX)
-    for name in ("tok", "moved", "out"):
-        lay.alloc(name, len(VOCAB))
-    for name in ("junk0", "junk1", "junk2"):
-        lay.alloc(name, 8)
-    return lay
-
-
 def build() -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast]:
-    lay = _layout()
+    lay = token_circuit_layout(D_MODEL, N_CTX, len(VOCAB), carrier="moved")
     v = len(VOCAB)
     c = GPT2Constructor(lay, n_layers=2, n_heads=N_HEADS, vocab_size=v, n_ctx=N_CTX, d_mlp=D_MLP)
     dh = c.d_head
