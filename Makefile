@@ -6,7 +6,7 @@ STAMP := $(VENV)/.mechwork-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench circuits clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -22,12 +22,15 @@ demo: install
 	$(VENV)/bin/mechwork demo --out demo_out
 
 test: install
-	$(VENV)/bin/ruff check mechwork tests benchmarks
+	$(VENV)/bin/ruff check mechwork tests benchmarks notebooks
 	$(PY) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 lint: install
-	$(VENV)/bin/ruff check mechwork tests benchmarks
+	$(VENV)/bin/ruff check mechwork tests benchmarks notebooks
+
+circuits: install
+	$(VENV)/bin/mechwork circuits --out circuits
 
 bench: install
 	$(PY) benchmarks/patching.py

@@ -31,6 +31,13 @@ def zoo_task(spec: str):
     return zoo.get_entry(spec[4:])
 
 
+def add_task_arguments(parser) -> None:
+    """``--model zoo:NAME --n-prompts N --seed S``: the zoo task's prompts, shared by every task command."""
+    parser.add_argument("--model", required=True, help="zoo:NAME (its task makes the prompts)")
+    parser.add_argument("--n-prompts", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def run_discover(args: argparse.Namespace) -> int:
     from ..discovery import CircuitRequest, find_circuit
     from ..models import load
@@ -72,11 +79,9 @@ def add_commands(sub) -> None:
     names = [m.name for m in methods()]
     d = sub.add_parser("discover", help="find a circuit with a discovery method and save it as JSON",
                        epilog="example: mechwork discover --model zoo:induction --method acdc --out c.json")
-    d.add_argument("--model", required=True, help="zoo:NAME")
+    add_task_arguments(d)
     d.add_argument("--method", required=True, choices=names)
     d.add_argument("--out", required=True, help="circuit JSON to write")
-    d.add_argument("--n-prompts", type=int, default=32)
-    d.add_argument("--seed", type=int, default=0)
     d.add_argument("--metric", default="logit_diff", choices=METRICS)
     d.add_argument("--ablation", default="corrupted", choices=ABLATIONS)
     d.add_argument("--positions", action="store_true", help="resolve edges by token position")

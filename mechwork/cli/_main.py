@@ -45,9 +45,13 @@ def _demo(args: argparse.Namespace) -> int:
     print("head-output patching on zoo:induction (normalised: 1 = restores the clean answer):")
     for coords, value in result.heads.top(3):
         print(f"  layer {coords['layer']} head {coords['head']}: {value:+.3f}")
+    c = result.circuit
+    print(f"ACDC circuit: {c.n_edges} edges, faithfulness {c.faithfulness['value']:.3f}, edge ROC AUC against the "
+          f"planted circuit {c.ground_truth['edge_roc_auc']:.3f}")
     for path in result.files:
         print(f"wrote {path}")
-    return EXIT_OK
+    print(f"verify: {result.verification.message()}")
+    return EXIT_OK if result.verification.ok else EXIT_FAILURE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: mechwork zoo list",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    demo = sub.add_parser("demo", help="patching sweep on zoo:induction -> interactive heatmaps",
+    demo = sub.add_parser("demo", help="zoo:induction: patching heatmaps, then ACDC circuit -> HTML report -> verify",
                           epilog="example: mechwork demo --out demo_out")
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     demo.set_defaults(func=_demo)
@@ -69,19 +73,22 @@ def build_parser() -> argparse.ArgumentParser:
                                epilog="example: mechwork zoo build pairs trojan")
     build.add_argument("names", nargs="*", help="zoo model names (default: all)")
     build.set_defaults(func=_zoo_build)
-    from ._discover import add_bench, add_commands
+    from . import _discover, _outputs
 
-    add_commands(sub)
-    add_bench(sub)
+    _outputs.add_commands(sub)
+    _discover.add_commands(sub)
+    _discover.add_bench(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ..discovery import CircuitFileError, UnknownMethodError
+    from ..experiments import StepFailed
     from ..hooks import InputError, UnknownHookError
     from ..models import ModelNotAvailableError
     from ..models.zoo import UnknownZooModelError
+    from ..viz import StaticExportUnavailable
 
     try:
         return args.func(args)
@@ -89,8 +96,11 @@ def main(argv: list[str] | None = None) -> int:
             UnknownMethodError, ValueError, TypeError) as exc:
         print(f"mechwork: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except (StepFailed, StaticExportUnavailable) as exc:
+        print(f"mechwork: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
-        print("mechwork: interrupted", file=sys.stderr)
+        print("mechwork: interrupted (finished results are kept; rerun the command to resume)", file=sys.stderr)
         return EXIT_FAILURE
 
 

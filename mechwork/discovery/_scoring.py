@@ -94,6 +94,23 @@ def roc_auc(scores: list[float], labels: list[bool]) -> float:
     return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
 
 
+def roc_curve(scores: list[float], labels: list[bool]) -> tuple[list[float], list[float]]:
+    """False- and true-positive rates as the threshold falls through the scores (tied scores enter
+    together, so the trapezoid area under the points equals :func:`roc_auc`)."""
+    n_pos = sum(labels)
+    n_neg = len(labels) - n_pos
+    if not n_pos or not n_neg:
+        return [0.0, 1.0], [0.0, 1.0]
+    fpr, tpr, tp, fp = [0.0], [0.0], 0, 0
+    pairs = sorted(zip(scores, labels, strict=True), key=lambda p: -p[0])
+    for i, (score, label) in enumerate(pairs):
+        tp, fp = tp + label, fp + (not label)
+        if i + 1 == len(pairs) or pairs[i + 1][0] != score:
+            fpr.append(fp / n_neg)
+            tpr.append(tp / n_pos)
+    return fpr, tpr
+
+
 def _average_ranks(values: torch.Tensor) -> torch.Tensor:
     order = torch.argsort(values, stable=True)
     sorted_values = values[order]
@@ -127,6 +144,7 @@ def ground_truth_scores(scores: EdgeScores, truth) -> dict[str, float]:
     edges = [e for e in importance if e not in truth.structural_edges]
     labels = [e in truth.edges for e in edges]
     edge_auc = roc_auc([importance[e] for e in edges], labels)
+    fpr, tpr = roc_curve([importance[e] for e in edges], labels)
     ranked = sorted(edges, key=lambda e: -importance[e])[: len(truth.edges)]
     hits = sum(e in truth.edges for e in ranked)
     node_importance: dict[str, float] = {}
@@ -136,4 +154,5 @@ def ground_truth_scores(scores: EdgeScores, truth) -> dict[str, float]:
     inner = [n for n in node_importance if n not in ("input", "logits")]
     node_auc = roc_auc([node_importance[n] for n in inner], [n in truth.nodes for n in inner])
     return {"edge_roc_auc": edge_auc, "node_roc_auc": node_auc,
-            "precision_at_size": hits / max(1, len(ranked)), "recall_at_size": hits / max(1, len(truth.edges))}
+            "precision_at_size": hits / max(1, len(ranked)), "recall_at_size": hits / max(1, len(truth.edges)),
+            "edge_roc": {"fpr": fpr, "tpr": tpr}}

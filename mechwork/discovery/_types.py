@@ -99,3 +99,11 @@ class EdgeScores:
 
     def by_edge(self) -> dict[str, float]:
         return dict(zip(self.graph.edges, self.scores.tolist(), strict=True))
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        rows = "".join(f"<tr><td>{escape(e)}</td><td>{v:.4g}</td></tr>" for e, v in self.top(10))
+        caption = (f"{escape(self.method)} scores over {self.graph.n_edges} edges (ranked by "
+                   f"{'|score|' if self.ranking == 'abs' else 'score'}; {self.seconds:.2f} s); top 10")
+        return f"<table><caption>{caption}</caption><tr><th>edge</th><th>score</th></tr>{rows}</table>"

@@ -58,6 +58,18 @@ class PatchingResult:
         order = score.flatten().argsort(descending=True)[:k]
         return [(self.coords(int(i)), float(self.values.flatten()[i])) for i in order]
 
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        rows = "".join(
+            "<tr><td>" + escape(", ".join(f"{k} {v}" for k, v in coords.items())) + f"</td><td>{value:.4g}</td></tr>"
+            for coords, value in self.top(8)
+        )
+        norm = "normalised (0 = corrupted, 1 = clean)" if self.normalization == "normalized" else "raw"
+        caption = escape(f"{self.method} patching of {self.site} ({self.direction}), {self.metric}, {norm}; "
+                         f"shape {dict(zip(self.dims, self.shape, strict=True))}; largest effects")
+        return f"<table><caption>{caption}</caption><tr><th>where</th><th>value</th></tr>{rows}</table>"
+
     def to_dict(self) -> dict:
         return {
             "values": self.values.tolist(),

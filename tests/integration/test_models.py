@@ -91,6 +91,10 @@ def test_demo_heatmap_shows_the_planted_heads(tmp_path):
     assert max(abs(v) for v in distractors) < 0.01
     html = result.files[0].read_text()
     assert "plotly" in html and "Plotly.newPlot" in html
+    # ... and it ends with discovery -> circuit -> report -> verify
+    truth = mechwork.zoo.get_entry("induction").ground_truth()
+    assert set(result.circuit.selected) >= truth.edges and result.verification.ok
+    assert [p.name for p in result.files[-2:]] == ["induction-acdc.json", "induction-acdc.html"]
 
 
 def test_mechwork_module_runs_as_a_command():

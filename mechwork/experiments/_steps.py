@@ -1,0 +1,175 @@
+"""What each kind of experiment step does. One function per kind, one signature:
+``(session, step, folder) -> list of files written``; every file is written atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable
+from functools import cached_property
+from itertools import product
+from pathlib import Path
+
+import torch
+
+from .._io import atomic_write_text
+from ..discovery import Circuit, CircuitRequest, find_circuit, make_metric, verify
+from ..hooks import activation_patching, attribution_patching
+from ..models import load, zoo
+from ..reports import write_report
+from ..viz import attention_patterns, faithfulness_curves, patching_heatmap, save_figure
+from ._config import Experiment, ExperimentError, Step
+
+
+class StepFailed(RuntimeError):
+    """A step ran but its check failed (e.g. a circuit that does not reproduce)."""
+
+
+class PromptTask:
+    """Task data from prompt strings (for hub models): equal-length prompts, single-token answers."""
+
+    def __init__(self, model, task: dict, where: str):
+        tokenize = model.to_tokens
+        self.clean, self.corrupted = tokenize(task["clean"]), tokenize(task["corrupted"])
+        if self.clean.shape != self.corrupted.shape:
+            raise ExperimentError(f"{where}: [task] clean and corrupted prompts tokenise to different shapes "
+                                  f"{tuple(self.clean.shape)} and {tuple(self.corrupted.shape)}; make each pair "
+                                  "the same number of tokens")
+        self.answers = torch.tensor([self._single(model, a, where) for a in task["answers"]])
+        self.wrong = torch.tensor([self._single(model, a, where) for a in task["wrong"]])
+        self.position = task.get("position", -1)
+
+    @staticmethod
+    def _single(model, text: str, where: str) -> int:
+        ids = model.tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ExperimentError(f"{where}: [task] answer {text!r} is {len(ids)} tokens; answers must be one token")
+        return ids[0]
+
+
+class Session:
+    """The model and task data of one experiment, loaded once and shared by its steps."""
+
+    def __init__(self, experiment: Experiment, out: Path, progress: bool = True):
+        self.experiment, self.out, self.progress = experiment, out, progress
+
+    @cached_property
+    def model(self):
+        return load(self.experiment.model["spec"])
+
+    @cached_property
+    def zoo_entry(self):
+        name = self.experiment.task.get("zoo")
+        return zoo.get_entry(name) if name else None
+
+    @cached_property
+    def data(self):
+        task = self.experiment.task
+        if self.zoo_entry is not None:
+            return self.zoo_entry.task.data(task.get("n_prompts", 32), seed=self.experiment.seed)
+        return PromptTask(self.model, task, str(self.experiment.path))
+
+    @property
+    def metric_key(self) -> str:
+        default = self.zoo_entry.task.metric if self.zoo_entry is not None else "logit_diff"
+        return self.experiment.task.get("metric", default)
+
+    def metric(self):
+        return make_metric(self.metric_key, self.model, self.data)
+
+    def truth(self):
+        entry = self.zoo_entry
+        if entry is None or self.experiment.model["spec"] != f"zoo:{entry.name}":
+            return None
+        truth = entry.ground_truth()
+        return truth if getattr(truth, "kind", "") == "circuit" else None
+
+    def figure(self, fig, folder: Path, stem: str) -> list[Path]:
+        """The figure as HTML, plus any static formats the experiment's [outputs] asks for."""
+        files = [save_figure(fig, folder / f"{stem}.html")]
+        files += [save_figure(fig, folder / f"{stem}.{fmt}") for fmt in self.experiment.outputs.get("static", [])]
+        return files
+
+
+def _json(path: Path, data) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=1))
+
+
+def _csv(path: Path, header: list[str], rows) -> Path:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def run_patch(s: Session, step: Step, folder: Path) -> list[Path]:
+    c = step.config
+    sweep = attribution_patching if c.get("method", "exact") == "attribution" else activation_patching
+    result = sweep(s.model, s.data.clean, s.data.corrupted, s.metric(), c.get("site", "z"),
+                   per_position=c.get("per_position", False), direction=c.get("direction", "denoise"))
+    result = result.normalized() if abs(result.clean_value - result.corrupted_value) > 1e-12 else result
+    # itertools.product walks coordinates in the same (row-major) order as flatten()
+    rows = [[*idx, v] for idx, v in zip(product(*map(range, result.shape)), result.values.flatten().tolist(),
+                                        strict=True)]
+    files = [_json(folder / "result.json", result.to_dict()),
+             _csv(folder / "result.csv", [*result.dims, "value"], rows)]
+    files += s.figure(patching_heatmap(result), folder, "heatmap")
+    if "pos" in result.dims and "layer" in result.dims:
+        files += s.figure(patching_heatmap(result, rows="layer", cols="pos"), folder, "heatmap_layer_position")
+    return files
+
+
+def run_attention(s: Session, step: Step, folder: Path) -> list[Path]:
+    heads = step.config["heads"]
+    if not all(isinstance(h, list) and len(h) == 2 and all(isinstance(i, int) for i in h) for h in heads):
+        raise ExperimentError(f"{s.experiment.path}: step {step.name!r}: key 'heads' must be a list of "
+                              f"[layer, head] pairs, got {heads!r}")
+    prompt = step.config.get("prompt", 0)
+    if not 0 <= prompt < len(s.data.clean):
+        raise ExperimentError(f"{s.experiment.path}: step {step.name!r}: key 'prompt' is {prompt}, but the task "
+                              f"has {len(s.data.clean)} prompts")
+    fig = attention_patterns(s.model, s.data.clean[prompt], [tuple(h) for h in heads])
+    return s.figure(fig, folder, "attention")
+
+
+def run_discover(s: Session, step: Step, folder: Path) -> list[Path]:
+    c = step.config
+    options = dict(c.get("options", {}))
+    if c["method"] == "acdc":  # ACDC checkpoints after every destination: an interrupted step resumes
+        options.setdefault("checkpoint", str(folder / "acdc-checkpoint.json"))
+        options.setdefault("progress", s.progress)
+    value = float(c["value"]) if "value" in c else None  # TOML `value = 10` is an int
+    request = CircuitRequest(c.get("select", "auto"), value, float(c.get("target", 0.9)))
+    circuit = find_circuit(s.model, s.data, c["method"], metric=s.metric_key, ablation=c.get("ablation", "corrupted"),
+                           positions=c.get("positions", False), request=request, truth=s.truth(),
+                           task_name=s.experiment.task.get("zoo") or s.experiment.name, **options)
+    circuit = Circuit.from_dict({**circuit.to_dict(), "provenance": {**circuit.provenance,
+                                                                    "seed": s.experiment.seed}})
+    files = [circuit.save(folder / "circuit.json")]
+    files.append(_csv(folder / "edges.csv", ["edge", "score", "in_circuit"],
+                      [[e, v, e in set(circuit.selected)] for e, v in circuit.edges.items()]))
+    files += s.figure(faithfulness_curves({c["method"]: circuit}), folder, "faithfulness")
+    if c.get("report", True):
+        files.append(write_report(circuit, folder / "report.html", tokenizer=getattr(s.model, "tokenizer", None)))
+    checkpoint = folder / "acdc-checkpoint.json"
+    if checkpoint.exists() and "checkpoint" not in c.get("options", {}):
+        checkpoint.unlink()  # the finished circuit supersedes it
+    return files
+
+
+def run_verify(s: Session, step: Step, folder: Path) -> list[Path]:
+    circuit = Circuit.load(s.out / step.config["circuit"] / "circuit.json")
+    result = verify(circuit, s.model, tolerance=step.config.get("tolerance", 1e-4))
+    path = _json(folder / "verify.json", {"ok": result.ok, "recorded": result.recorded,
+                                          "recomputed": result.recomputed, "tolerance": result.tolerance,
+                                          "weights_match": result.weights_match, "message": result.message()})
+    if not result.ok:
+        raise StepFailed(f"step {step.name!r}: {result.message()}")
+    return [path]
+
+
+RUNNERS: dict[str, Callable[[Session, Step, Path], list[Path]]] = {
+    "patch": run_patch, "attention": run_attention, "discover": run_discover, "verify": run_verify,
+}
