@@ -89,7 +89,11 @@ def write_tables(out: Path, rows: list[dict], settings: BenchSettings) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out / "leaderboard.csv", buffer.getvalue())
-    atomic_write_text(out / "leaderboard.md", markdown_table(rows, settings))
+    markdown = markdown_table(rows, settings)
+    atomic_write_text(out / "leaderboard.md", markdown)
+    from ._page import write_page
+
+    write_page(out, rows, markdown.splitlines()[0])
 
 
 def markdown_table(rows: list[dict], settings: BenchSettings) -> str:

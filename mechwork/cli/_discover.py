@@ -104,7 +104,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
     settings = BenchSettings(n_prompts=args.n_prompts, seed=args.seed)
     run_leaderboard(args.out, models=args.models or None, methods=args.methods or None, settings=settings)
-    print(f"wrote {args.out}/leaderboard.md and leaderboard.csv")
+    print(f"wrote {args.out}/leaderboard.md, leaderboard.csv and leaderboard.html")
     return EXIT_OK
 
 

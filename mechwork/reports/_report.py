@@ -12,49 +12,13 @@ import os
 from importlib.metadata import version
 from pathlib import Path
 
-import plotly.offline
-
 from .._io import atomic_write_text
 from ..discovery import Circuit
 from ..viz import circuit_graph, faithfulness_curves, roc_curves
+from ._page import figure_html, html_page
 
 _MAX_TABLE_EDGES = 1000
 _MAX_PROMPTS = 4
-
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
-h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 1.6em; }
-table { border-collapse: collapse; font-size: .9em; }
-td, th { border: 1px solid #ddd; padding: .25em .6em; text-align: left; }
-th.sortable { cursor: pointer; background: #f3f3f3; user-select: none; }
-th.sortable:after { content: " \\2195"; color: #999; }
-tr.in-circuit { background: #eef5ff; font-weight: 600; }
-code, .tokens { font-family: ui-monospace, monospace; }
-.tokens span { border: 1px solid #ccc; border-radius: 3px; padding: 0 .2em; margin-right: 2px; white-space: pre; }
-.note { color: #666; font-size: .9em; }
-"""
-
-# Sorting by clicking a header: numbers numerically, text alphabetically; a second click reverses.
-_SORT_JS = """
-document.querySelectorAll("table.sortable").forEach(function (table) {
-  table.querySelectorAll("th").forEach(function (th, col) {
-    th.classList.add("sortable");
-    th.addEventListener("click", function () {
-      var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
-      var up = th.dataset.dir !== "asc"; th.dataset.dir = up ? "asc" : "desc";
-      rows.sort(function (a, b) {
-        var x = a.cells[col].dataset.value || a.cells[col].textContent;
-        var y = b.cells[col].dataset.value || b.cells[col].textContent;
-        var nx = parseFloat(x), ny = parseFloat(y);
-        var c = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
-        return up ? c : -c;
-      });
-      rows.forEach(function (r) { body.appendChild(r); });
-    });
-  });
-});
-"""
-
 
 def _e(value) -> str:
     return html.escape(str(value))
@@ -115,10 +79,6 @@ def _edge_table(circuit: Circuit) -> str:
             f"<tbody>{rows}</tbody></table>")
 
 
-def _figure(fig) -> str:
-    return fig.to_html(full_html=False, include_plotlyjs=False, config={"responsive": True})
-
-
 def _ground_truth_section(circuit: Circuit) -> str:
     gt = circuit.ground_truth
     if not gt:
@@ -129,7 +89,7 @@ def _ground_truth_section(circuit: Circuit) -> str:
     missed = sorted(set(gt.get("edges", [])) - {e.split("@")[0] for e in circuit.selected})
     missed_html = ("<p>Planted edges not in the circuit: " + ", ".join(f"<code>{_e(e)}</code>" for e in missed)
                    + "</p>") if missed else "<p>Every planted edge is in the circuit.</p>"
-    roc = _figure(roc_curves({circuit.method: circuit})) if "edge_roc" in gt else ""
+    roc = figure_html(roc_curves({circuit.method: circuit})) if "edge_roc" in gt else ""
     return numbers + missed_html + roc
 
 
@@ -159,18 +119,15 @@ def circuit_report(circuit: Circuit, *, tokenizer=None, title: str | None = None
                                                         "strongest-scored edges")
     sections = [
         ("Model and task", summary),
-        ("Circuit graph", _figure(graph)),
-        ("Faithfulness", _figure(faithfulness_curves({circuit.method: circuit})) if curve else ""),
+        ("Circuit graph", figure_html(graph)),
+        ("Faithfulness", figure_html(faithfulness_curves({circuit.method: circuit})) if curve else ""),
         ("Ground truth", _ground_truth_section(circuit)),
         ("Prompts", _prompts_section(circuit, tokenizer)),
         ("Edges", _edge_table(circuit)),
         ("Provenance", provenance + "<p class='note'>Re-check this circuit with <code>mechwork verify "
                                     "CIRCUIT.json</code>.</p>"),
     ]
-    body = "".join(f"<section><h2>{_e(name)}</h2>{content}</section>" for name, content in sections)
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(heading)}</title>"
-            f"<style>{_STYLE}</style><script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script>"
-            f"</head><body><h1>{_e(heading)}</h1>{body}<script>{_SORT_JS}</script></body></html>")
+    return html_page(heading, sections)
 
 
 def write_report(circuit: Circuit, path: str | os.PathLike, *, tokenizer=None, title: str | None = None) -> Path:
