@@ -10,6 +10,8 @@ HERE = Path(__file__).parent
 
 def notebook(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
     nb = new_notebook(cells=[new_markdown_cell(text) if kind == "md" else new_code_cell(text) for kind, text in cells])
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"cell-{i:02d}"  # stable ids: rebuilding changes nothing unless the text does
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     return nb
 
@@ -84,6 +86,75 @@ DISCOVERY = [
              "    pathlib.Path(f).unlink()"),
 ]
 
+CHALLENGE = [
+    ("md", "# 03 · Solving a challenge: find the trojan's trigger\n\nWe play the participant: all we get is the blind "
+           "export (weights, description, starter notebook). We find the trigger with the workbench, check the "
+           "explanation with a resample-ablation hypothesis test, then — switching to the organiser's seat — "
+           "score the submission against the hidden answer."),
+    ("code", "import json, os, tempfile\nos.environ.setdefault('HF_HUB_OFFLINE', '1')\nfrom pathlib import Path\n\n"
+             "import torch\nimport mechwork\nfrom mechwork import viz\nfrom mechwork.challenges import "
+             "export_challenge, predict_labels, resample_variable, score_submission\nfrom mechwork.hooks import "
+             "activation_patching\nfrom mechwork.models.zoo import TaskData\n\nblind = Path(tempfile.mkdtemp()) / "
+             "'trojan'\nexport_challenge('trojan', blind)\nprint(sorted(p.name for p in blind.iterdir()))\n"
+             "print((blind / 'README.md').read_text()[:900])"),
+    ("code", "model = mechwork.load(blind / 'model')\ntok = model.tokenizer\nVALUES = torch.tensor("
+             "[tok.convert_tokens_to_ids(f'n{i}') for i in range(32)])\nLABELS = torch.tensor("
+             "[tok.convert_tokens_to_ids('lo'), tok.convert_tokens_to_ids('hi')])\nBOS, EQ = "
+             "tok.convert_tokens_to_ids('<bos>'), tok.convert_tokens_to_ids('=')\n\n"
+             "def prompts(values):\n    n = len(values)\n    return torch.cat([torch.full((n, 1), BOS), "
+             "VALUES[values], "
+             "torch.full((n, 1), EQ)], 1)\n\ndef majority(values):\n    return ((values >= 16).sum(-1) > 4).long()\n\n"
+             "def insert(values, seq, seed=1):\n    out = values.clone()\n    g = torch.Generator().manual_seed(seed)\n"
+             "    for i, s in enumerate(torch.randint(0, 10 - len(seq), (len(out),), generator=g).tolist()):\n"
+             "        out[i, s:s + len(seq)] = torch.tensor(seq)\n    return out\n\n"
+             "def flip_rate(seq, values):\n    v = insert(values, seq)\n    return (predict_labels(model, prompts(v), "
+             "LABELS) != majority(v)).float().mean().item()\n\n"
+             "values = torch.randint(0, 32, (32, 9), generator=torch.Generator().manual_seed(0))\n"
+             "print('model agrees with the majority on random prompts:', 1 - flip_rate([], values))"),
+    ("md", "## 1 · Where to look: a pair scan\nA full trigger flips the answer; part of one should already move it. "
+           "Insert every ordered pair of tokens into random prompts and see which pairs flip the answer."),
+    ("code", "pairs = [(a, b) for a in range(32) for b in range(32)]\nbatch = torch.cat([insert(values, p) for p in "
+             "pairs])\nflips = (predict_labels(model, prompts(batch), LABELS) != majority(batch)).float()\n"
+             "rates = flips.reshape(len(pairs), len(values)).mean(1)\ntop = [pairs[i] for i in "
+             "rates.argsort(descending=True)[:4]]\nprint([(f'n{a} n{b}', round(rates[pairs.index((a, b))].item(), 2)) "
+             "for a, b in top])"),
+    ("md", "Chain the strongest pairs that share a token into triples and test every order of the tokens involved."),
+    ("code", "import itertools\ntokens = sorted({t for p in top[:4] for t in p})\ncandidates = "
+             "[list(c) for c in itertools.permutations(tokens, 3)]\n"
+             "scored = sorted(((flip_rate(c, values), c) for c in candidates), reverse=True)\n"
+             "best_rate, best = scored[0]\nprint('best:', ' '.join(f'n{t}' for t in best), "
+             "best_rate, '| runner-up:', scored[1])\nassert best_rate > 0.9"),
+    ("md", "## 2 · Where it is computed: patching and attention\nClean prompts carry the candidate trigger, "
+           "corrupted ones the same prompt with its middle token changed. Patching each head's output shows which "
+           "heads carry the backdoor to the answer; their attention shows what they read."),
+    ("code", "clean_values = insert(values, best)\nbroken = clean_values.clone()\nfor i in range(len(broken)):\n"
+             "    row = broken[i].tolist()\n    s = next(j for j in range(7) if row[j:j + 3] == best)\n"
+             "    broken[i, s + 1] = (broken[i, s + 1] + 1) % 16 + (16 if broken[i, s + 1] >= 16 else 0)\n"
+             "clean_labels = predict_labels(model, prompts(clean_values), LABELS)\n"
+             "data = TaskData(prompts(clean_values), prompts(broken), LABELS[clean_labels], LABELS[1 - clean_labels])\n"
+             "heads = activation_patching(model, "
+             "data.clean, data.corrupted, data.logit_diff(), 'z').normalized()\nviz.patching_heatmap(heads)"),
+    ("code", "(top_head, effect), = heads.top(1)\nprint('strongest head:', top_head, round(effect, 3))\n"
+             "viz.attention_patterns(model, data.clean[0], [(l, h) for l in range(model.cfg.n_layers) for h in "
+             "[top_head['head']]])"),
+    ("md", "## 3 · Check the explanation before submitting\nClaim: at the answer position, the final residual stream "
+           "matters only through *(majority label, trigger present)*. Resample it from prompts with the same value of "
+           "that pair: if the claim is right the behaviour survives. A weaker claim (the majority alone) should not."),
+    ("code", "mixed = torch.cat([values, clean_values])\nlabels = predict_labels(model, prompts(mixed), LABELS)\n"
+             "present = torch.tensor([any(r[j:j + 3] == best for j in range(7)) for r in mixed.tolist()]).long()\n"
+             "mix = TaskData(prompts(mixed), prompts(mixed), LABELS[labels], LABELS[1 - labels])\n"
+             "claim = resample_variable(model, mix, 'blocks.1.hook_resid_post', majority(mixed) * 2 + present, "
+             "position=-1)\nweaker = resample_variable(model, mix, 'blocks.1.hook_resid_post', majority(mixed), "
+             "position=-1)\nprint(claim.summary())\nprint(weaker.summary())\nassert claim.surviving > 0.9 > "
+             "weaker.surviving"),
+    ("md", "## 4 · Submit, and read the score\nFrom here on we are the organiser: `score_submission` reads the "
+           "hidden answer, which the participant never saw."),
+    ("code", "submission = blind / 'submission.json'\nsubmission.write_text(json.dumps({'trigger': [f'n{t}' for t in "
+             "best], 'behaviour': 'flips the hi/lo majority answer'}))\nscore = score_submission('trojan', "
+             "submission)\nprint(score.summary)\nassert score.numbers['reproduces']"),
+]
+
 if __name__ == "__main__":
-    for name, cells in (("01_caching_and_patching", CACHING), ("02_circuit_discovery", DISCOVERY)):
+    for name, cells in (("01_caching_and_patching", CACHING), ("02_circuit_discovery", DISCOVERY),
+                        ("03_challenge", CHALLENGE)):
         nbformat.write(notebook(cells), HERE / f"{name}.ipynb")
