@@ -19,6 +19,7 @@ from ..graph import PORTS, Graph, run_circuit
 from ..graph._engine import recording_outputs
 from ..hooks._runner import embed, hook_flags, run_from, run_layer_then_rest
 from ..metrics import as_scalar, metric_name
+from ._exact_fast import FastExact, fast_exact_for
 from ._registry import register_method
 from ._types import DiscoveryTask, EdgeScores
 
@@ -73,12 +74,19 @@ def _group_edges(graph: Graph, layer: int | None, kind: str) -> list[tuple[int, 
     return layout
 
 
-def _run_chunk(model, graph, task, clean: _CleanRun, deltas, layer, kind, chunk) -> list[float]:
+def _run_chunk(model, graph, task, clean: _CleanRun, deltas, layer, kind, chunk,
+               fast: FastExact | None = None) -> list[float]:
     batch = task.clean.shape[0]
     n = len(chunk)
     sources = torch.tensor([c[3] for c in chunk], device=deltas.device)
     positions = torch.tensor([c[4] for c in chunk], device=deltas.device) if graph.positions else None
     edits = _edge_deltas(deltas, sources, positions, batch)  # [n, batch, pos, d]
+    if fast is not None and kind == "attn":
+        ports = torch.tensor([c[1] for c in chunk], device=deltas.device)
+        heads = torch.tensor([c[2] for c in chunk], device=deltas.device)
+        return _scores_of(fast.head_edges(layer, ports, heads, edits), task, n, batch, clean.value)
+    if fast is not None and kind == "mlp":
+        return _scores_of(fast.mlp_edges(layer, edits), task, n, batch, clean.value)
     if kind == "logits":
         final = clean.resid_pre[-1].unsqueeze(0) - edits
         logits = run_layer_then_rest(model, final.flatten(0, 1), graph.n_layers, position=task.position,
@@ -124,11 +132,14 @@ def node_patching_scores(model, graph: Graph, task: DiscoveryTask, ablated: Tens
 
 
 @register_method("exact", "exact activation patching of every edge (and node): the reference",
-                 max_rows=512, nodes=True, progress=False)
+                 max_rows=512, nodes=True, progress=False, pieces=True)
 def exact(model, graph: Graph, task: DiscoveryTask, max_rows: int = 512, nodes: bool = True,
-          progress: bool = False) -> EdgeScores:
+          progress: bool = False, pieces: bool = True) -> EdgeScores:
+    """``pieces``: compute only what an ablation changes in its destination layer (checked once per
+    model against the bridge; off, or where the check fails, each destination block is rerun whole)."""
     ablated = task.ablated(model, graph)
     clean = _clean_run(model, graph, task)
+    fast = fast_exact_for(model, clean.resid_pre, task.position) if pieces else None
     deltas = clean.outputs - ablated
     batch = task.clean.shape[0]
     per_chunk = max(1, max_rows // batch)
@@ -140,7 +151,7 @@ def exact(model, graph: Graph, task: DiscoveryTask, max_rows: int = 512, nodes: 
             layout = _group_edges(graph, layer, kind)
             for start in range(0, len(layout), per_chunk):
                 chunk = layout[start : start + per_chunk]
-                values = _run_chunk(model, graph, task, clean, deltas, layer, kind, chunk)
+                values = _run_chunk(model, graph, task, clean, deltas, layer, kind, chunk, fast)
                 scores[[c[0] for c in chunk]] = torch.tensor(values)
                 bar.update(len(chunk))
     bar.close()

@@ -53,6 +53,38 @@ def test_exact_equals_brute_force_single_edge_patching(tiny, tiny_pair, tiny_met
     assert no_hooks_left(tiny)
 
 
+@pytest.mark.parametrize("position", [-1, 4])
+@pytest.mark.parametrize("by_position", [False, True])
+def test_exact_layer_pieces_equal_rerunning_the_block(tiny, tiny_pair, position, by_position):
+    """exact's default computes only what an ablation changes in its destination layer (one head's q, k
+    or v; the MLP alone; the last block at the metric position only); rerunning whole blocks is the
+    reference. A metric position before the end checks the causal masking of the pieces."""
+    from mechwork.discovery._exact_fast import _CHECKED
+
+    clean, corrupted = tiny_pair
+    metric = mechwork.metrics.LogitDiff(position=position, answers=clean[:, 1], wrong=clean[:, 2])
+    graph = Graph.from_model(tiny, positions=clean.shape[1] if by_position else None)
+    task = DiscoveryTask(clean, corrupted, metric)
+    pieces = discover(tiny, graph, task, "exact", nodes=False, max_rows=40)
+    assert _CHECKED[tiny], "the layer pieces should reproduce a GPT-2 block"
+    whole = discover(tiny, graph, task, "exact", nodes=False, pieces=False, max_rows=40)
+    torch.testing.assert_close(pieces.scores, whole.scores, atol=2e-5, rtol=1e-4)
+    assert pieces.scores.abs().max() > 1e-3  # the comparison is not between zeros (50x the tolerance)
+
+
+def test_exact_falls_back_when_the_pieces_do_not_reproduce_the_model(tiny, tiny_pair, tiny_task, monkeypatch):
+    from mechwork.discovery import _exact_fast
+
+    reference = discover(tiny, Graph.from_model(tiny), tiny_task, "exact", nodes=False, pieces=False)
+    real = _exact_fast._Weights.of
+    monkeypatch.setattr(_exact_fast._Weights, "of", classmethod(
+        lambda cls, model: type(real(model))(**{**real(model).__dict__, "scales": (1.0,) * 3})))
+    monkeypatch.setattr(_exact_fast, "_CHECKED", _exact_fast.weakref.WeakKeyDictionary())
+    assert _exact_fast.fast_exact_for(tiny, [embed(tiny, tiny_pair[0])] * 4, -1) is None
+    fallback = discover(tiny, Graph.from_model(tiny), tiny_task, "exact", nodes=False)
+    torch.testing.assert_close(fallback.scores, reference.scores)
+
+
 def test_exact_by_position_equals_brute_force(tiny, tiny_pair, tiny_metric):
     clean, corrupted = tiny_pair
     graph = Graph.from_model(tiny, positions=clean.shape[1])
