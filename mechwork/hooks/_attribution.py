@@ -18,11 +18,11 @@ from torch import Tensor
 
 from ..metrics import PositionMetric, as_scalar, metric_name
 from ._cache import cache_activations
-from ._patching import Metric, check_direction, metric_position, position_labels
+from ._patching import Metric, clean_and_corrupted, metric_position, oriented_pair, position_labels
 from ._result import PatchingResult
 from ._runner import embed, hook_flags, n_layers, run_from
 from ._sites import Site
-from ._validation import InputError, check_pair
+from ._validation import InputError
 
 
 @contextlib.contextmanager
@@ -71,15 +71,13 @@ def attribution_patching(
 
     Values are ``base metric + estimated change``, directly comparable with exact patching results.
     """
-    check_direction(direction)
     site = Site.parse(site)
-    clean, corrupted = check_pair(model, clean, corrupted)
+    clean, corrupted, base_tokens, source_tokens = oriented_pair(model, clean, corrupted, direction)
     n_layer, n_head, n_pos = n_layers(model), int(model.cfg.n_heads), clean.shape[1]
     chosen = list(range(n_layer)) if layers is None else [int(x) for x in layers]
     if any(not 0 <= x < n_layer for x in chosen):
         raise InputError(f"layers {chosen} out of range [0, {n_layer})")
     hooks = [site_hook(site, layer) for layer in chosen]
-    base_tokens, source_tokens = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
     name = metric_name(metric)
     with hook_flags(model, attn_result=site is Site.RESULT, split_qkv=False, mlp_in=False):
         with torch.no_grad():
@@ -112,7 +110,7 @@ def attribution_patching(
         values[layer] = base_value + _reduce(site, (source[hook] - act.detach()) * act.grad, per_position)
     with torch.no_grad():
         source_value = as_scalar(metric(source_logits), name)
-    clean_value, corrupted_value = (source_value, base_value) if direction == "denoise" else (base_value, source_value)
+    clean_value, corrupted_value = clean_and_corrupted(direction, base_value, source_value)
     dims = ("layer",) + (("pos",) if per_position else ()) + (("head",) if site.per_head else ())
     return PatchingResult(
         values=values,

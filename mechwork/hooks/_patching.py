@@ -177,6 +177,20 @@ def check_direction(direction: str) -> None:
         raise InputError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
 
 
+def oriented_pair(model, clean: Tensor, corrupted: Tensor, direction: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Check the prompts and the direction; return ``(clean, corrupted, base, source)``: ``denoise`` runs
+    the corrupted prompts (base) with activations from the clean ones (source), ``noise`` the reverse."""
+    check_direction(direction)
+    clean, corrupted = check_pair(model, clean, corrupted)
+    base, source = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
+    return clean, corrupted, base, source
+
+
+def clean_and_corrupted(direction: str, base, source) -> tuple:
+    """Undo :func:`oriented_pair`'s orientation for anything computed on base and source runs."""
+    return (source, base) if direction == "denoise" else (base, source)
+
+
 @torch.no_grad()
 def activation_patching(
     model,
@@ -199,8 +213,7 @@ def activation_patching(
     clean activations; ``"noise"`` runs the clean prompts and patches in corrupted ones.
     The result has dims ``(layer[, pos][, head])``.
     """
-    check_direction(direction)
-    clean, corrupted = check_pair(model, clean, corrupted)
+    clean, corrupted, base_tokens, source_tokens = oriented_pair(model, clean, corrupted, direction)
     spec = PatchSpec(
         site=site,
         per_position=per_position,
@@ -209,7 +222,6 @@ def activation_patching(
         positions=tuple(positions) if positions is not None else None,
     )
     plan = compile_plan(model, spec, clean.shape[1])
-    base_tokens, source_tokens = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
     resid_hooks = sorted({resid_name(model, j.start_layer) for j in plan.jobs})
     source_hooks = sorted({j.source for j in plan.jobs})
     needs_result = plan.site is Site.RESULT
@@ -218,9 +230,7 @@ def activation_patching(
         source_logits, source_acts = cache_activations(model, source_tokens, source_hooks)
         values = execute_plan(model, plan, base_acts, source_acts, metric, max_batch=max_batch, progress=progress)
     name = metric_name(metric)
-    clean_logits, corrupted_logits = (
-        (source_logits, base_logits) if direction == "denoise" else (base_logits, source_logits)
-    )
+    clean_logits, corrupted_logits = clean_and_corrupted(direction, base_logits, source_logits)
     return PatchingResult(
         values=values,
         dims=plan.dims,

@@ -18,10 +18,17 @@ from torch import Tensor
 from .._nodes import NodeRef, parse_node
 from ..metrics import as_scalar, metric_name
 from ._cache import cache_activations
-from ._patching import Metric, check_direction, metric_position, resid_name, score_variants
+from ._patching import (
+    Metric,
+    clean_and_corrupted,
+    metric_position,
+    oriented_pair,
+    resid_name,
+    score_variants,
+)
 from ._result import PatchingResult
 from ._runner import hook_flags, n_layers, run_from
-from ._validation import InputError, check_pair
+from ._validation import InputError
 
 
 def sender_output_hook(model, node: NodeRef) -> tuple[str, int | None]:
@@ -86,15 +93,13 @@ def path_patching(
 ) -> float:
     """Metric after patching ``sender``'s output into ``receivers`` only (e.g. ``"blocks.1.attn.head.0.k"``,
     ``"blocks.1.mlp"``, ``"logits"``). ``denoise`` runs corrupted prompts and sends the clean output."""
-    check_direction(direction)
-    clean, corrupted = check_pair(model, clean, corrupted)
+    clean, corrupted, base_tokens, source_tokens = oriented_pair(model, clean, corrupted, direction)
     send = parse_node(sender)
     recvs = [parse_node(r) for r in ([receivers] if isinstance(receivers, str) else receivers)]
     if not recvs:
         raise InputError("name at least one receiver")
     for r in recvs:
         check_path(model, send, r)
-    base_tokens, source_tokens = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
     out_hook, head = sender_output_hook(model, send)
     start = min(receiver_layer(model, r) for r in recvs)
     with hook_flags(model, attn_result=True, split_qkv=True, mlp_in=True):
@@ -127,13 +132,11 @@ def path_patching_sweep(
     Returns dims ``(layer, head)``; heads that cannot receive from the sender are NaN. All heads of a
     layer run as one batch from that layer's residual stream.
     """
-    check_direction(direction)
     if port not in ("q", "k", "v"):
         raise InputError(f"port must be 'q', 'k' or 'v', got {port!r}")
-    clean, corrupted = check_pair(model, clean, corrupted)
+    clean, corrupted, base_tokens, source_tokens = oriented_pair(model, clean, corrupted, direction)
     send = parse_node(sender)
     n_layer, n_head = n_layers(model), int(model.cfg.n_heads)
-    base_tokens, source_tokens = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
     out_hook, head = sender_output_hook(model, send)
     first = 0 if send.kind == "input" else send.layer + 1
     values = torch.full((n_layer, n_head), float("nan"))
@@ -156,9 +159,7 @@ def path_patching_sweep(
             hooks = [(f"blocks.{layer}.hook_{port}_input", feed)]
             logits = run_from(model, resid, layer, position=metric_position(metric), fwd_hooks=hooks)
             values[layer] = torch.tensor(score_variants(metric, logits, n_head))
-    clean_logits, corrupted_logits = (
-        (source_logits, base_logits) if direction == "denoise" else (base_logits, source_logits)
-    )
+    clean_logits, corrupted_logits = clean_and_corrupted(direction, base_logits, source_logits)
     return PatchingResult(
         values=values,
         dims=("layer", "head"),
