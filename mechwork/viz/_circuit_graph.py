@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 
 from .._nodes import parse_node
 
-_DASH = {"q": "dot", "k": "dash", "v": "solid", None: "solid"}
+_DASH = {"q": "dot", "k": "dash", "v": "solid", None: "dashdot"}
 _PORT_NAMES = {"q": "query", "k": "key", "v": "value", None: "residual"}
 _N_BINS = 6
 
@@ -53,13 +53,14 @@ def _parse_edges(scores: Mapping[str, float], circuit: frozenset[str], signed: b
 
 
 def node_positions(n_layers: int, n_heads: int) -> dict[str, tuple[float, float]]:
-    """x: position in the residual stream (input, heads and MLP of each layer, logits); y: head index."""
+    """x: position in the residual stream (input, heads and MLP of each layer, logits); y: head index,
+    with each MLP on a row of its own below the heads."""
     middle = (n_heads - 1) / 2
     pos = {"input": (0.0, middle), "logits": (2.0 * n_layers + 1, middle)}
     for layer in range(n_layers):
         for head in range(n_heads):
             pos[f"blocks.{layer}.attn.head.{head}"] = (2.0 * layer + 1, float(head))
-        pos[f"blocks.{layer}.mlp"] = (2.0 * layer + 2, middle)
+        pos[f"blocks.{layer}.mlp"] = (2.0 * layer + 2, n_heads + 0.5)
     return pos
 
 
@@ -104,19 +105,24 @@ def circuit_graph(
     fig = go.Figure()
     for trace in _edge_traces(shown, pos, span):
         fig.add_trace(trace)
+    for trace in _legend_entries(shown):
+        fig.add_trace(trace)
     fig.add_trace(_hover_points(shown, pos))
-    fig.add_trace(_node_trace(pos, shown, ranked))
+    fig.add_trace(_node_trace(pos, shown, ranked, labels=n_layers * n_heads <= 64))
     fig.update_layout(
         title=html.escape(title or f"circuit graph — {len(shown)} of {len(ranked)} edges drawn"
                           + (f" ({hidden} weaker collapsed)" if hidden else "")),
         showlegend=True,
-        legend={"title": "edge colour: score; dash: q · k — v"},
+        legend={"title": "blue +, red −; width: |score|"},
         xaxis={"tickvals": [0] + [2 * i + 1.5 for i in range(n_layers)] + [2 * n_layers + 1],
                "ticktext": ["input"] + [f"layer {i}" for i in range(n_layers)] + ["logits"], "showgrid": False,
                "zeroline": False},
-        yaxis={"title": "head", "autorange": "reversed", "showgrid": False, "zeroline": False},
+        yaxis={"tickvals": list(range(n_heads)) + [n_heads + 0.5],
+               "ticktext": [f"head {h}" for h in range(n_heads)] + ["MLP"], "autorange": "reversed",
+               "showgrid": False, "zeroline": False},
         plot_bgcolor="white",
-        height=max(420, 40 * n_heads + 160),
+        height=max(440, 42 * n_heads + 220),
+        width=max(760, 120 * n_layers + 420),
     )
     return fig
 
@@ -136,6 +142,26 @@ def _scored(source, n_layers, n_heads, circuit) -> tuple[Mapping[str, float], in
     return source, n_layers, n_heads, frozenset(circuit or ()), False
 
 
+_PORT_LIFT = {"q": 0.0, "k": 0.2, "v": 0.4, None: 0.0}
+
+
+def _curve(start: tuple[float, float], end: tuple[float, float], port: str | None = None,
+           points: int = 13) -> tuple[list, list]:
+    """An edge that skips columns arcs above them (a quadratic Bezier curve), so it is not mistaken for
+    a path through the nodes it passes; a head's q, k and v edges from one source arc by different
+    amounts, so none hides another."""
+    (x0, y0), (x1, y1) = start, end
+    lift = (min(2.5, 0.3 * (x1 - x0)) if x1 - x0 > 1.0 else 0.0) + _PORT_LIFT[port]
+    if lift == 0.0:
+        return [x0, (x0 + x1) / 2, x1], [y0, (y0 + y1) / 2, y1]
+    # the y axis is reversed: subtracting draws the arc upwards
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2 - lift
+    ts = [i / (points - 1) for i in range(points)]
+    xs = [(1 - t) ** 2 * x0 + 2 * (1 - t) * t * cx + t**2 * x1 for t in ts]
+    ys = [(1 - t) ** 2 * y0 + 2 * (1 - t) * t * cy + t**2 * y1 for t in ts]
+    return xs, ys
+
+
 def _colour(score: float, span: float) -> str:
     strength = min(1.0, abs(score) / span)
     shade = int(215 - 175 * strength)
@@ -152,34 +178,46 @@ def _edge_traces(edges: list[_Edge], pos: dict, span: float) -> list[go.Scatter]
     for (level, positive, port, kept), members in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1:]))):
         xs, ys = [], []
         for e in members:
-            (x0, y0), (x1, y1) = pos[e.src], pos[e.dst]
-            xs += [x0, x1, None]
-            ys += [y0, y1, None]
+            cx, cy = _curve(pos[e.src], pos[e.dst], e.port)
+            xs += cx + [None]
+            ys += cy + [None]
         value = (level + 1) / _N_BINS * span * (1 if positive else -1)  # the bin's upper edge
         traces.append(go.Scatter(
             x=xs, y=ys, mode="lines", hoverinfo="skip", opacity=1.0 if kept else 0.35,
             line={"width": 1 + 1.5 * level, "color": _colour(value, span), "dash": _DASH[port]},
-            name=f"{_PORT_NAMES[port]}, score {'+' if positive else '−'} up to {abs(value):.3g}"
-                 + ("" if kept else " (outside circuit)"),
-            legendgroup=_PORT_NAMES[port],
+            name=_PORT_NAMES[port], legendgroup=_PORT_NAMES[port], showlegend=False,
         ))
     return traces
+
+
+def _legend_entries(edges: list[_Edge]) -> list[go.Scatter]:
+    """One legend entry per input kind drawn (clicking it hides that kind), and one for faint edges."""
+    entries = []
+    for port in ("q", "k", "v", None):
+        if any(e.port == port for e in edges):
+            entries.append(go.Scatter(x=[None], y=[None], mode="lines", name=f"{_PORT_NAMES[port]} input",
+                                      line={"dash": _DASH[port], "color": "#555", "width": 3},
+                                      legendgroup=_PORT_NAMES[port]))
+    if any(not e.in_circuit for e in edges):
+        entries.append(go.Scatter(x=[None], y=[None], mode="lines", name="faint: outside the circuit",
+                                  line={"color": "#bbb", "width": 3}, hoverinfo="skip"))
+    return entries
 
 
 def _hover_points(edges: list[_Edge], pos: dict) -> go.Scatter:
     """Invisible markers at edge midpoints carry each edge's hover text (lines cannot hover per edge)."""
     xs, ys, text = [], [], []
     for e in edges:
-        (x0, y0), (x1, y1) = pos[e.src], pos[e.dst]
-        xs.append((x0 + x1) / 2)
-        ys.append((y0 + y1) / 2)
+        cx, cy = _curve(pos[e.src], pos[e.dst], e.port)
+        xs.append(cx[len(cx) // 2])
+        ys.append(cy[len(cy) // 2])
         text.append(f"{html.escape(e.name)}<br>{_PORT_NAMES[e.port]} input · score {e.score:.4g}"
                     + (" · in circuit" if e.in_circuit else ""))
     return go.Scatter(x=xs, y=ys, mode="markers", marker={"size": 8, "opacity": 0}, text=text,
                       hovertemplate="%{text}<extra></extra>", showlegend=False, name="edges")
 
 
-def _node_trace(pos: dict, shown: list[_Edge], ranked: list[_Edge]) -> go.Scatter:
+def _node_trace(pos: dict, shown: list[_Edge], ranked: list[_Edge], labels: bool) -> go.Scatter:
     drawn = {n for e in shown for n in (e.src, e.dst)}
     collapsed: dict[str, int] = {}
     for e in ranked[len(shown):]:
@@ -187,7 +225,7 @@ def _node_trace(pos: dict, shown: list[_Edge], ranked: list[_Edge]) -> go.Scatte
             collapsed[n] = collapsed.get(n, 0) + 1
     names = list(pos)
     return go.Scatter(
-        x=[pos[n][0] for n in names], y=[pos[n][1] for n in names], mode="markers+text",
+        x=[pos[n][0] for n in names], y=[pos[n][1] for n in names], mode="markers+text" if labels else "markers",
         text=[_short(n) for n in names], textposition="top center",
         marker={"size": 14, "color": ["#1f4e79" if n in drawn else "#d0d0d0" for n in names],
                 "line": {"width": 1, "color": "#333"}},
