@@ -67,6 +67,25 @@ def exact_rate(model, graph, task, max_rows: int, pieces: bool = True) -> tuple[
     return total, graph.n_edges / total
 
 
+def acdc_trial_estimate(model, graph, task, repeats: int) -> tuple[float, float]:
+    """Estimated seconds for ACDC to test every edge once on this model: (whole-model trials, trials
+    started at the destination's layer), from the median trial time per destination layer."""
+    from mechwork.discovery import acdc as acdc_module
+
+    whole = acdc_module._Loss(model, graph, task, "kl", from_layer=False)
+    layered = acdc_module._Loss(model, graph, task, "kl", from_layer=True)
+    mask = graph.full_mask(1.0)
+    dst_node = graph.endpoint_tensor[:, 1]
+    t_whole = median_seconds(lambda: whole(mask), repeats=repeats)
+    total = 0.0
+    for layer in range(graph.n_layers + 1):
+        lo = graph.n_sources_attn(layer) if layer < graph.n_layers else graph.n_sources
+        hi = graph.n_sources_attn(layer + 1) if layer + 1 < graph.n_layers else graph.n_sources + 1
+        count = int(((dst_node >= lo) & (dst_node < hi)).sum())
+        total += count * median_seconds(lambda layer=layer: layered(mask, layer), repeats=repeats)
+    return t_whole * graph.n_edges, total
+
+
 def main() -> None:
     parser = bench_arguments("discovery benchmarks")
     parser.add_argument("--max-rows", type=int, default=512)
@@ -100,6 +119,11 @@ def main() -> None:
     print(f"exact edge patching: {rate:.1f} edges/s (all edges ~{total / 60:.1f} min) | naive one forward per edge: "
           f"{1 / naive:.1f} edges/s (~{naive_total / 60:.1f} min) | speed-up {naive_total / total:.2f}x (target >= 5x)"
           f" | destination block rerun whole instead: {whole_rate:.1f} edges/s, {naive_total / whole_total:.2f}x")
+
+    acdc_whole, acdc_layered = acdc_trial_estimate(model, graph, task, args.repeats)
+    print(f"ACDC on this model, every edge tested once: ~{acdc_whole / 3600:.1f} h with whole-model trials, "
+          f"~{acdc_layered / 3600:.1f} h starting each trial at the destination's layer "
+          f"({acdc_whole / acdc_layered:.2f}x)")
 
     induction = mechwork.load("zoo:induction")
     data = mechwork.zoo.get_entry("induction").task.data(32, seed=0)

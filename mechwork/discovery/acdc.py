@@ -24,7 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .._io import atomic_write_text
-from ..graph import Graph, masked_forward
+from .._nodes import parse_node
+from ..graph import Graph, clean_start, masked_forward, masked_forward_from
 from ..hooks._runner import embed
 from ..hooks._validation import InputError
 from ..metrics import KLDivergence, as_scalar
@@ -44,11 +45,14 @@ def _destinations(graph: Graph) -> list[tuple[str, list[int]]]:
 
 
 class _Loss:
-    def __init__(self, model, graph: Graph, task: DiscoveryTask, objective: str):
+    """The loss of a circuit; ``layer`` (when every edge below it is still kept) starts the run there."""
+
+    def __init__(self, model, graph: Graph, task: DiscoveryTask, objective: str, from_layer: bool = True):
         self.model, self.graph, self.task = model, graph, task
         with torch.no_grad():
             self.resid = embed(model, task.clean)
             self.ablated = task.ablated(model, graph)
+            self.clean = clean_start(model, graph, self.resid) if from_layer else None
             full = masked_forward(model, graph, self.resid, graph.full_mask(1.0), self.ablated, position=task.position)
         if objective == "kl":
             self.kl = KLDivergence(position=task.position, reference=full)
@@ -59,8 +63,13 @@ class _Loss:
             raise InputError(f"acdc objective must be 'kl' or 'metric', got {objective!r}")
 
     @torch.no_grad()
-    def __call__(self, mask: torch.Tensor) -> float:
-        logits = masked_forward(self.model, self.graph, self.resid, mask, self.ablated, position=self.task.position)
+    def __call__(self, mask: torch.Tensor, layer: int = 0) -> float:
+        if self.clean is not None and layer > 0:
+            logits = masked_forward_from(self.model, self.graph, self.clean, min(layer, self.graph.n_layers - 1),
+                                         mask, self.ablated, position=self.task.position)
+        else:
+            logits = masked_forward(self.model, self.graph, self.resid, mask, self.ablated,
+                                    position=self.task.position)
         if self.kl is not None:
             return as_scalar(self.kl.score(logits), "KL divergence")
         return abs(as_scalar(self.task.metric.score(logits), "metric") - self.full_value)
@@ -91,11 +100,19 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     atomic_write_text(path, json.dumps(state))
 
 
+def _layer_of(node: str, n_layers: int) -> int:
+    ref = parse_node(node)
+    return n_layers if ref.kind == "logits" else ref.layer
+
+
 @register_method("acdc", "ACDC: prune edges from the logits backwards while the loss stays within a threshold",
-                 threshold=0.01, objective="kl", checkpoint=None, progress=False)
+                 threshold=0.01, objective="kl", checkpoint=None, progress=False, from_layer=True)
 def acdc(model, graph: Graph, task: DiscoveryTask, threshold: float = 0.01, objective: str = "kl",
-         checkpoint: str | os.PathLike | None = None, progress: bool = False) -> EdgeScores:
-    loss = _Loss(model, graph, task, objective)
+         checkpoint: str | os.PathLike | None = None, progress: bool = False, from_layer: bool = True) -> EdgeScores:
+    """``from_layer``: run each trial from the clean residual entering the destination's layer (nothing
+    below it has been pruned yet, so that residual is the clean one); off, every trial runs the whole
+    model. Both give the same circuit."""
+    loss = _Loss(model, graph, task, objective, from_layer)
     mask = graph.full_mask(1.0)
     scores = torch.full((graph.n_edges,), float("nan"))
     destinations = _destinations(graph)
@@ -115,7 +132,7 @@ def acdc(model, graph: Graph, task: DiscoveryTask, threshold: float = 0.01, obje
                 mask[i] = 0.0
                 continue
             mask[i] = 0.0
-            trial = loss(mask)
+            trial = loss(mask, _layer_of(dst, graph.n_layers))
             scores[i] = trial - current
             if trial - current < threshold:
                 current = trial

@@ -15,9 +15,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..graph import PORTS, Graph, run_circuit
-from ..graph._engine import recording_outputs
-from ..hooks._runner import embed, hook_flags, run_from, run_layer_then_rest
+from ..graph import PORTS, Graph, clean_start, run_circuit
+from ..hooks._runner import embed, run_layer_then_rest
 from ..metrics import as_scalar, metric_name
 from ._exact_fast import FastExact, fast_exact_for
 from ._registry import register_method
@@ -33,17 +32,9 @@ class _CleanRun:
 
 @torch.no_grad()
 def _clean_run(model, graph: Graph, task: DiscoveryTask) -> _CleanRun:
-    resid = embed(model, task.clean)
-    outputs, hooks = recording_outputs(graph, resid)
-    pre: dict[int, Tensor] = {}
-    for layer in range(graph.n_layers):
-        hooks.append((f"blocks.{layer}.hook_resid_pre", lambda a, hook, i=layer: pre.__setitem__(i, a.clone())))
-    last = graph.n_layers - 1
-    hooks.append((f"blocks.{last}.hook_resid_post", lambda a, hook: pre.__setitem__(last + 1, a.clone())))
-    with hook_flags(model, attn_result=True, split_qkv=False, mlp_in=False):
-        logits = run_from(model, resid, 0, position=task.position, fwd_hooks=hooks)
-    value = as_scalar(task.metric.score(logits), metric_name(task.metric))
-    return _CleanRun(outputs, [pre[i] for i in range(graph.n_layers + 1)], value)
+    start = clean_start(model, graph, embed(model, task.clean), position=task.position)
+    value = as_scalar(task.metric.score(start.logits), metric_name(task.metric))
+    return _CleanRun(start.outputs, start.resid_pre, value)
 
 
 def _edge_deltas(deltas: Tensor, sources: Tensor, positions: Tensor | None, batch: int) -> Tensor:

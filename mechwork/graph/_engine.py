@@ -190,6 +190,61 @@ def masked_forward(
         return run_from(model, resid, 0, position=position, fwd_hooks=hooks)
 
 
+@dataclass(frozen=True)
+class CleanStart:
+    """The clean run, kept so circuit runs can start at a layer instead of the embeddings."""
+
+    resid_pre: list[Tensor]  # the residual entering each layer, then the final one: [batch, pos, d_model]
+    outputs: Tensor  # every source's clean output, [batch, pos, sources, d_model]
+    logits: Tensor  # at the position the run was made for, [batch, vocab]
+
+
+@torch.no_grad()
+def clean_start(model, graph: Graph, resid: Float[Tensor, "batch pos d_model"], position: int = -1) -> CleanStart:
+    """One clean forward from ``resid`` recording the residual entering every layer (and leaving the
+    last), every source's output, and the logits at ``position``."""
+    outputs, hooks = recording_outputs(graph, resid)
+    pre: dict[int, Tensor] = {}
+    hooks += [(f"blocks.{layer}.hook_resid_pre", lambda a, hook, i=layer: pre.__setitem__(i, a.clone()))
+              for layer in range(graph.n_layers)]
+    last = graph.n_layers - 1
+    hooks.append((f"blocks.{last}.hook_resid_post", lambda a, hook: pre.__setitem__(last + 1, a.clone())))
+    with hook_flags(model, attn_result=True, split_qkv=False, mlp_in=False):
+        logits = run_from(model, resid, 0, position=position, fwd_hooks=hooks)
+    return CleanStart([pre[i] for i in range(graph.n_layers + 1)], outputs, logits)
+
+
+@torch.no_grad()
+def masked_forward_from(
+    model,
+    graph: Graph,
+    clean: CleanStart,
+    layer: int,
+    mask: Float[Tensor, " edges"],
+    ablated: AblationValues,
+    *,
+    position: int | None = None,
+) -> Tensor:
+    """:func:`masked_forward` starting at block ``layer`` from the clean residual.
+
+    Exact when every edge into a node below ``layer`` is kept: those nodes then compute exactly what
+    they computed in the clean run, so the residual entering ``layer`` and their outputs are the clean
+    ones (checked; ACDC, which prunes from the logits down, always satisfies it).
+    """
+    below = graph.endpoint_tensor[:, 1] < graph.n_sources_attn(layer)
+    if not bool(mask[below].all()):
+        raise InputError(f"masked_forward_from layer {layer}: an edge into a lower layer is ablated; start lower")
+    resid = clean.resid_pre[layer]
+    mask = mask.to(resid.device, resid.dtype)
+    deltas = _Deltas(ablated.to(resid.device, resid.dtype), graph.positions is not None)
+    deltas.buffer = resid.new_zeros(*resid.shape[:2], graph.n_sources, resid.shape[-1])
+    first = graph.n_sources_attn(layer)
+    deltas.add(0, clean.outputs[:, :, :first])  # sources below the layer carry their clean outputs
+    hooks = output_hooks(graph, deltas.add) + _input_hooks(graph, graph.split(mask), deltas, skip_kept=True)
+    with _edge_flags(model):
+        return run_from(model, resid, layer, position=position, fwd_hooks=hooks)
+
+
 def run_circuit(
     model,
     graph: Graph,

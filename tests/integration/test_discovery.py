@@ -144,10 +144,10 @@ def test_acdc_resumes_after_an_interruption(induction, induction_data, tmp_path,
     real_call = acdc_module._Loss.__call__
     calls = itertools.count()
 
-    def flaky(self, mask):
+    def flaky(self, mask, layer=0):
         if next(calls) == 12:
             raise KeyboardInterrupt
-        return real_call(self, mask)
+        return real_call(self, mask, layer)
 
     monkeypatch.setattr(acdc_module._Loss, "__call__", flaky)
     with pytest.raises(KeyboardInterrupt):
@@ -247,3 +247,11 @@ def test_circuit_file_round_trip_verify_and_errors(lookup, tmp_path):
     broken["edges"][3] = {"edge": "x"}
     with pytest.raises(CircuitFileError, match=r"'edges'\[3\]"):
         Circuit.from_dict(broken)
+
+
+def test_acdc_from_the_destination_layer_finds_the_same_circuit(tiny, tiny_task):
+    graph = Graph.from_model(tiny)
+    fast = discover(tiny, graph, tiny_task, "acdc", threshold=1e-4)
+    whole = discover(tiny, graph, tiny_task, "acdc", threshold=1e-4, from_layer=False)
+    assert fast.circuit == whole.circuit and 0 < len(fast.circuit) < graph.n_edges
+    torch.testing.assert_close(fast.scores, whole.scores, atol=1e-5, rtol=1e-4)

@@ -100,3 +100,29 @@ def test_zero_and_mean_ablation_values(tiny, tiny_pair):
     assert torch.allclose(out[0], out[1], atol=1e-4)  # no trace of the prompt is left
     with pytest.raises(Exception, match="unknown ablation"):
         ablation_values(tiny, graph, "median", clean, corrupted)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10_000), layer=st.integers(1, 2), positional=st.booleans())
+def test_starting_at_a_layer_equals_the_whole_run(tiny, tiny_pair, seed, layer, positional):
+    """With every edge into nodes below ``layer`` kept, a run from the clean residual at ``layer`` gives
+    the whole run's logits (what ACDC relies on)."""
+    from mechwork.graph import clean_start, masked_forward_from
+
+    clean, corrupted = tiny_pair
+    graph = Graph.from_model(tiny, positions=clean.shape[1] if positional else None)
+    ablated = ablation_values(tiny, graph, "corrupted", clean, corrupted)
+    resid = embed(tiny, clean)
+    g = torch.Generator().manual_seed(seed)
+    mask = (torch.rand(graph.n_edges, generator=g) < 0.5).float()
+    below = graph.endpoint_tensor[:, 1] < graph.n_sources_attn(layer)
+    mask[below] = 1.0
+    start = clean_start(tiny, graph, resid)
+    whole = masked_forward(tiny, graph, resid, mask, ablated, position=-1)
+    torch.testing.assert_close(masked_forward_from(tiny, graph, start, layer, mask, ablated, position=-1), whole,
+                               atol=1e-5, rtol=1e-5)
+    assert whole.sub(masked_forward(tiny, graph, resid, graph.full_mask(1.0), ablated, position=-1)).abs().max() > 1e-3
+    mask[below.nonzero()[0]] = 0.0
+    with pytest.raises(Exception, match="an edge into a lower layer is ablated"):
+        masked_forward_from(tiny, graph, start, layer, mask, ablated)
+    assert no_hooks_left(tiny)
