@@ -36,7 +36,7 @@ def run_demo(out_dir: str | Path = "demo_out", *, n_prompts: int = 32, seed: int
                                                   "corrupted)"), out / "head_patching.html"),
         save_figure(patching_heatmap(by_pos, rows="layer", cols="pos"), out / "head_position_patching.html"),
     ]
-    circuit = find_circuit(model, data, method, truth=entry.ground_truth(), task_name=entry.name)
+    circuit = find_circuit(model, data, method, truth=entry.ground_truth(), task_name=entry.name, seed=seed)
     files.append(circuit.save(out / f"induction-{method}.json"))
     files.append(write_report(circuit, out / f"induction-{method}.html", tokenizer=model.tokenizer))
     check = verify(Circuit.load(files[-2]))  # from the file, reloading the model by reference, as a reader would

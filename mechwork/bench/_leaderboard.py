@@ -51,7 +51,7 @@ def run_cell(model_name: str, method: str, settings: BenchSettings, out: Path) -
     model = load(f"zoo:{model_name}")
     data = entry.task.data(settings.n_prompts, seed=settings.seed)
     circuit = find_circuit(model, data, method, metric=settings.metric, ablation=settings.ablation,
-                           truth=entry.ground_truth(), task_name=model_name)
+                           truth=entry.ground_truth(), task_name=model_name, seed=settings.seed)
     circuit.save(out / "circuits" / f"{model_name}__{method}.json")
     g, f = circuit.ground_truth, circuit.faithfulness
     cell = {"settings": settings.key(), "model": model_name, "method": method,

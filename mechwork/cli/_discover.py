@@ -52,7 +52,7 @@ def run_discover(args: argparse.Namespace) -> int:
     circuit = find_circuit(model, data, args.method, metric=args.metric, ablation=args.ablation,
                            positions=args.positions, request=CircuitRequest(args.select, args.value, args.target),
                            truth=truth if getattr(truth, "kind", "") == "circuit" else None,
-                           task_name=entry.name, **options)
+                           task_name=entry.name, seed=args.seed, **options)
     path = circuit.save(args.out)
     f = circuit.faithfulness
     print(f"{args.method} on {args.model}: {circuit.n_edges} edges, faithfulness {f['value']:.3f}, "

@@ -51,8 +51,9 @@ def choose_edges(evaluator: CircuitEvaluator, scores: EdgeScores, request: Circu
 
 def find_circuit(model, data, method: str, *, metric: str = "logit_diff", ablation: str = "corrupted",
                  positions: bool = False, request: CircuitRequest = CircuitRequest(), truth=None,
-                 task_name: str | None = None, **options) -> Circuit:
-    """Run ``method`` on ``model`` for task data (zoo :class:`TaskData`-like), choose a circuit, score it."""
+                 task_name: str | None = None, seed: int | None = None, **options) -> Circuit:
+    """Run ``method`` on ``model`` for task data (zoo :class:`TaskData`-like), choose a circuit, score it.
+    ``seed``: the seed the task data was drawn with, recorded in the provenance."""
     graph = Graph.from_model(model, positions=data.clean.shape[1] if positions else None)
     task = DiscoveryTask(data.clean, data.corrupted, make_metric(metric, model, data), metric, ablation)
     scores = discover(model, graph, task, method, **options)
@@ -73,7 +74,7 @@ def find_circuit(model, data, method: str, *, metric: str = "logit_diff", ablati
                       "empty_value": evaluator.empty, "curve": curve.to_dict()},
         ground_truth=None if truth is None else {**ground_truth_scores(scores, truth), "edges": sorted(truth.edges)},
         provenance={"mechwork": version("mechwork"), "torch": torch.__version__, "python": platform.python_version(),
-                    "seconds": scores.seconds, "created": now(), "ranking": scores.ranking},
+                    "seconds": scores.seconds, "created": now(), "ranking": scores.ranking, "seed": seed},
     )
 
 

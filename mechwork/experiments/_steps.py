@@ -144,9 +144,8 @@ def run_discover(s: Session, step: Step, folder: Path) -> list[Path]:
     request = CircuitRequest(c.get("select", "auto"), value, float(c.get("target", 0.9)))
     circuit = find_circuit(s.model, s.data, c["method"], metric=s.metric_key, ablation=c.get("ablation", "corrupted"),
                            positions=c.get("positions", False), request=request, truth=s.truth(),
-                           task_name=s.experiment.task.get("zoo") or s.experiment.name, **options)
-    circuit = Circuit.from_dict({**circuit.to_dict(), "provenance": {**circuit.provenance,
-                                                                    "seed": s.experiment.seed}})
+                           task_name=s.experiment.task.get("zoo") or s.experiment.name,
+                           seed=s.experiment.seed if s.zoo_entry is not None else None, **options)
     files = [circuit.save(folder / "circuit.json")]
     files.append(_csv(folder / "edges.csv", ["edge", "score", "in_circuit"],
                       [[e, v, e in set(circuit.selected)] for e, v in circuit.edges.items()]))

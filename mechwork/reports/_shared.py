@@ -26,9 +26,8 @@ def build_shared_circuits(out: str | os.PathLike = "circuits", *, methods=SHARED
         model = load(f"zoo:{entry.name}")
         data = entry.task.data(n_prompts, seed=seed)
         for method in methods:
-            circuit = find_circuit(model, data, method, truth=entry.ground_truth(), task_name=entry.name)
-            circuit = type(circuit).from_dict({**circuit.to_dict(), "provenance": {**circuit.provenance,
-                                                                                   "seed": seed}})
+            circuit = find_circuit(model, data, method, truth=entry.ground_truth(), task_name=entry.name,
+                                   seed=seed)
             stem = f"{entry.name}-{method}"
             files.append(circuit.save(out / f"{stem}.json"))
             files.append(write_report(circuit, out / f"{stem}.html", tokenizer=model.tokenizer))
