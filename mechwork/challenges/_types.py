@@ -73,6 +73,13 @@ class Score:
     def to_dict(self) -> dict:
         return {"challenge": self.challenge, "kind": self.kind, "numbers": self.numbers, "summary": self.summary}
 
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        rows = "".join(f"<tr><td>{escape(k)}</td><td>{escape(f'{v:.4g}' if isinstance(v, float) else str(v))}</td>"
+                       "</tr>" for k, v in self.numbers.items())
+        return f"<p>{escape(self.summary)}</p><table>{rows}</table>"
+
 
 @torch.no_grad()
 def predict_labels(model, prompts: Int[Tensor, "n pos"], label_tokens: Int[Tensor, " k"],

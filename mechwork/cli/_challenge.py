@@ -39,6 +39,32 @@ def _score(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _pose(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+    from pathlib import Path
+
+    from ..challenges import create_circuit_challenge, create_program_challenge
+    from ..challenges._submissions import read_table, run_program
+
+    if bool(args.labels) == bool(args.circuit):
+        raise ValueError("give either --labels (a program challenge) or --circuit with --model (a circuit challenge)")
+    if args.labels:
+        path = Path(args.labels)
+        table = run_program(path, timeout=args.timeout) if path.suffix == ".py" else read_table(path)
+        from ..models.zoo import pairs
+
+        recipe = pairs.DEFAULT_RECIPE if args.epochs is None else replace(pairs.DEFAULT_RECIPE, epochs=args.epochs)
+        challenge = create_program_challenge(args.name, table, args.out, recipe=recipe, hint=args.hint,
+                                             answer_text=args.answer_text)
+    else:
+        if not args.model or not args.task_text:
+            raise ValueError("a circuit challenge needs --model (the checkpoint) and --task-text (what the task is)")
+        challenge = create_circuit_challenge(args.name, args.model, args.circuit, args.out, task_text=args.task_text)
+    print(f"posed {challenge.name!r} ({', '.join(challenge.asks)}) in {args.out}; share it with "
+          f"`mechwork challenge export {args.out} DIR`, score with `mechwork challenge score {args.out} FILE`")
+    return EXIT_OK
+
+
 def add_commands(sub) -> None:
     c = sub.add_parser("challenge", help="hidden-mechanism challenges: list, export blind, score submissions",
                        epilog="example: mechwork challenge score pairs my_label.py")
@@ -57,3 +83,16 @@ def add_commands(sub) -> None:
     s.add_argument("--timeout", type=float, default=30.0, help="seconds a submitted program may run (default 30)")
     s.add_argument("--out", default=None, help="write the score as JSON")
     s.set_defaults(func=_score)
+    p = csub.add_parser("pose", help="pose a new challenge: a labelling program (trains a model) or a circuit",
+                        epilog="example: mechwork challenge pose less-than --labels label.py --out my_challenge/")
+    p.add_argument("name")
+    p.add_argument("--out", required=True, help="the challenge pack folder to write (keep it: it holds the answer)")
+    p.add_argument("--labels", help="label(a, b) as a .py file, or a 113 x 113 table (.json/.csv)")
+    p.add_argument("--circuit", help="a mechwork circuit file whose edges are the answer")
+    p.add_argument("--model", help="with --circuit: the model (zoo:NAME or a checkpoint folder)")
+    p.add_argument("--task-text", default="", help="with --circuit: the public description of the task")
+    p.add_argument("--hint", default="", help="with --labels: extra public text for participants")
+    p.add_argument("--answer-text", default="", help="with --labels: the answer in words (kept hidden)")
+    p.add_argument("--epochs", type=int, default=None, help="with --labels: training epochs (default recipe's)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds the label program may run")
+    p.set_defaults(func=_pose)

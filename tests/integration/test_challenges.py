@@ -232,3 +232,17 @@ def test_bench_page_and_determinism(tmp_path):
     assert drop == [{k: v for k, v in r.items() if k != "seconds"} for r in second]
     page = (tmp_path / "a" / "leaderboard.html").read_text()
     assert page.count("Plotly.newPlot") == 3 and "<script src" not in page and "eap-ig" in page
+
+
+def test_pose_from_the_cli(tmp_path, capsys):
+    (tmp_path / "label.py").write_text("def label(a, b):\n    return int(a > b)\n")
+    assert main(["challenge", "pose", "greater", "--labels", str(tmp_path / "label.py"), "--epochs", "1",
+                 "--answer-text", "a > b", "--out", str(tmp_path / "pack")]) == EXIT_OK
+    (tmp_path / "sub.py").write_text("def label(a, b):\n    return int(a > b)\n")
+    assert score_submission(tmp_path / "pack", tmp_path / "sub.py").numbers["exact"]
+    assert main(["challenge", "pose", "ind", "--circuit", str(ROOT / "circuits" / "induction-acdc.json"),
+                 "--model", "zoo:induction", "--task-text", "repeat after the copy.",
+                 "--out", str(tmp_path / "cpack")]) == EXIT_OK
+    assert get_challenge(tmp_path / "cpack").asks == ("circuit",)
+    assert main(["challenge", "pose", "x", "--out", str(tmp_path / "none")]) == EXIT_USAGE
+    assert "give either --labels" in capsys.readouterr().err
