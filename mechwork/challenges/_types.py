@@ -85,5 +85,6 @@ class Score:
 def predict_labels(model, prompts: Int[Tensor, "n pos"], label_tokens: Int[Tensor, " k"],
                    batch: int = 4096) -> Int[Tensor, " n"]:
     """The model's label for each prompt: the argmax over the label tokens at the last position."""
-    out = [model(chunk)[:, -1, label_tokens.to(chunk.device)].argmax(-1).cpu() for chunk in prompts.split(batch)]
-    return torch.cat(out)
+    device = next(model.parameters()).device
+    labels = label_tokens.to(device)
+    return torch.cat([model(chunk.to(device))[:, -1, labels].argmax(-1).cpu() for chunk in prompts.split(batch)])
