@@ -163,10 +163,15 @@ def load_pack(folder: str | os.PathLike) -> Challenge:
 def copy_model(src: Path, dst: Path) -> None:
     """Copy only the checkpoint's model and tokenizer files (never build metadata, which may hold answers)."""
     dst.mkdir(parents=True, exist_ok=True)
-    copied = [shutil.copy2(src / f, dst / f) for f in MODEL_FILES if (src / f).is_file()]
+    copied = []
+    for name in MODEL_FILES:
+        if (src / name).is_file():  # copy, then rename: an interrupted export leaves no half-written weights
+            shutil.copy2(src / name, dst / f".{name}.tmp")
+            os.replace(dst / f".{name}.tmp", dst / name)
+            copied.append(name)
     if not (dst / "config.json").is_file() or not (dst / "model.safetensors").is_file():
         raise ChallengeError(f"{src}: not a safetensors Hugging Face checkpoint (needs config.json and "
-                             f"model.safetensors; found {[Path(c).name for c in copied]})")
+                             f"model.safetensors; found {copied})")
 
 
 def write_pack(folder: Path, public: dict, answer: dict, model_src: Path) -> Path:
