@@ -45,6 +45,7 @@ STEPS: dict[str, _Spec] = {
                  "target": ((int, float), False, None), "ablation": (str, False, None),
                  "positions": (bool, False, None), "report": (bool, False, None)},
     "verify": {"circuit": (str, True, None), "tolerance": ((int, float), False, None)},
+    "resample": {"circuit": (str, True, None), "n_resamples": (int, False, None)},
 }
 
 
@@ -161,7 +162,7 @@ def parse_experiment(path: str | os.PathLike) -> Experiment:
     if dupes := sorted({n for n in names if names.count(n) > 1}):
         raise ExperimentError(f"{where}: step names must be unique; repeated: {', '.join(dupes)}")
     for s in steps:
-        if s.kind == "verify":
+        if s.kind in ("verify", "resample"):
             target = s.config["circuit"]
             if target not in names[: s.index] or steps[names.index(target)].kind != "discover":
                 raise ExperimentError(f"{where}: [[step]] #{s.index + 1} ({s.name!r}): key 'circuit' must name an "

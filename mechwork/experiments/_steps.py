@@ -169,6 +169,18 @@ def run_verify(s: Session, step: Step, folder: Path) -> list[Path]:
     return [path]
 
 
+def run_resample(s: Session, step: Step, folder: Path) -> list[Path]:
+    """Check a discovered circuit as an explanation: resample-ablate every edge outside it."""
+    from ..challenges import resample_circuit
+
+    circuit = Circuit.load(s.out / step.config["circuit"] / "circuit.json")
+    result = resample_circuit(s.model, s.data, circuit.selected, metric=s.metric_key,
+                              n_resamples=step.config.get("n_resamples", 5), seed=s.experiment.seed)
+    return [_json(folder / "resample.json", {**result.__dict__, "surviving": result.surviving,
+                                             "summary": result.summary()})]
+
+
 RUNNERS: dict[str, Callable[[Session, Step, Path], list[Path]]] = {
     "patch": run_patch, "attention": run_attention, "discover": run_discover, "verify": run_verify,
+    "resample": run_resample,
 }

@@ -165,3 +165,17 @@ def test_patch_and_cache_commands(tmp_path, capsys):
     assert main(["patch", "--model", "gpt2", "--out", str(tmp_path / "q")]) == EXIT_USAGE
     assert main(["report", str(tmp_path / "missing.json"), "-o", str(tmp_path / "r.html")]) == EXIT_USAGE
     assert "no such circuit file" in capsys.readouterr().err
+
+
+def test_resample_step_checks_a_discovered_circuit(tmp_path):
+    steps = ('[[step]]\nkind = "discover"\nname = "acdc"\nmethod = "acdc"\n'
+             '[[step]]\nkind = "resample"\nname = "check"\ncircuit = "acdc"\nn_resamples = 2\n'
+             '[[step]]\nkind = "discover"\nname = "tiny"\nmethod = "eap"\nselect = "top-n"\nvalue = 1\n'
+             '[[step]]\nkind = "resample"\nname = "check-tiny"\ncircuit = "tiny"\nn_resamples = 2\n')
+    run_experiment(write(tmp_path, MINIMAL.format(steps=steps)), tmp_path / "out", progress=False)
+    full = json.loads((tmp_path / "out" / "check" / "resample.json").read_text())
+    one_edge = json.loads((tmp_path / "out" / "check-tiny" / "resample.json").read_text())
+    assert full["surviving"] > 0.95 and one_edge["surviving"] < 0.5
+    bad = MINIMAL.format(steps='[[step]]\nkind = "resample"\ncircuit = "nothing"\n')
+    with pytest.raises(ExperimentError, match="must name an earlier 'discover' step"):
+        parse_experiment(write(tmp_path, bad, "bad.toml"))
