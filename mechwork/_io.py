@@ -1,8 +1,13 @@
-"""Atomic file writes, shared by every layer that saves results (caches, checkpoints, circuits, tables)."""
+"""Atomic file writes and checked JSON reads, shared by every layer that saves or loads results
+(caches, checkpoints, circuits, tables, experiment records, challenge packs)."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 
@@ -15,3 +20,29 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def atomic_write_json(path: str | os.PathLike, data, *, indent: int | None = 1, **dumps) -> Path:
+    """``data`` as JSON, written with :func:`atomic_write_text`."""
+    return atomic_write_text(path, json.dumps(data, indent=indent, **dumps))
+
+
+def atomic_write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence]) -> Path:
+    """A header row and ``rows`` as CSV, written with :func:`atomic_write_text`."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def read_json(path: str | os.PathLike, error: type[Exception], missing: str):
+    """Parse a JSON file; a missing file raises ``error(missing)``, malformed JSON ``error`` naming the
+    file, line and column."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(missing) from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None

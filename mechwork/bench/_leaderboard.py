@@ -7,15 +7,13 @@ deterministic for a seed (prompts come from the seeded task; the methods use no 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._io import atomic_write_text
+from .._io import atomic_write_csv, atomic_write_json, atomic_write_text
 
 COLUMNS = ("model", "method", "edge_roc_auc", "node_roc_auc", "precision_at_size", "cpr", "cmd", "faithfulness",
            "n_edges", "seconds")
@@ -58,7 +56,7 @@ def run_cell(model_name: str, method: str, settings: BenchSettings, out: Path) -
             "edge_roc_auc": g["edge_roc_auc"], "node_roc_auc": g["node_roc_auc"],
             "precision_at_size": g["precision_at_size"], "cpr": f["curve"]["cpr"], "cmd": f["curve"]["cmd"],
             "faithfulness": f["value"], "n_edges": circuit.n_edges, "seconds": circuit.provenance["seconds"]}
-    atomic_write_text(path, json.dumps(cell, indent=1))
+    atomic_write_json(path, cell)
     return cell
 
 
@@ -84,11 +82,7 @@ def run_leaderboard(out_dir: str | os.PathLike, *, models: Sequence[str] | None 
 
 
 def write_tables(out: Path, rows: list[dict], settings: BenchSettings) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out / "leaderboard.csv", buffer.getvalue())
+    atomic_write_csv(out / "leaderboard.csv", COLUMNS, [[r.get(c, "") for c in COLUMNS] for r in rows])
     markdown = markdown_table(rows, settings)
     atomic_write_text(out / "leaderboard.md", markdown)
     from ._page import write_page

@@ -5,14 +5,13 @@ copied (a zoo build's ``mechwork.json`` records its recipe, which can name the a
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from .._io import atomic_write_text
+from .._io import atomic_write_json, atomic_write_text
 from ._registry import copy_model, get_challenge
 from ._types import Challenge
 
@@ -67,11 +66,11 @@ def export_challenge(name: str | os.PathLike, folder: str | os.PathLike, *, n_pr
     if has_task:
         data = challenge.public_task(n_prompts, seed)
         task = {k: getattr(data, k).tolist() for k in ("clean", "corrupted", "answers", "wrong")}
-        files.append(atomic_write_text(out / "task.json", json.dumps({**task, "position": data.position})))
+        files.append(atomic_write_json(out / "task.json", {**task, "position": data.position}, indent=None))
     public = {"schema": "mechwork.challenge-public", "version": 1, "name": challenge.name,
               "title": challenge.title, "description": challenge.description, "asks": list(challenge.asks),
               "model": "model", "task": "task.json" if has_task else None}
-    files.append(atomic_write_text(out / "challenge.json", json.dumps(public, indent=1)))
+    files.append(atomic_write_json(out / "challenge.json", public))
     files.append(atomic_write_text(out / "README.md", _readme(challenge, has_task)))
     files.append(atomic_write_text(out / "starter.ipynb", nbformat.writes(_starter(challenge, has_task))))
     return files

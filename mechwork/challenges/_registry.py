@@ -7,14 +7,13 @@ A pack is a folder: ``challenge.json`` (the public part, schema ``mechwork.chall
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import shutil
 from pathlib import Path
 
 import torch
 
-from .._io import atomic_write_text
+from .._io import atomic_write_json, read_json
 from ..models import zoo
 from ..models.zoo import CircuitGroundTruth, LabellingGroundTruth, TaskData, TriggerGroundTruth
 from ._types import ASKS, Challenge, ChallengeError
@@ -103,12 +102,8 @@ def get_challenge(name: str | os.PathLike) -> Challenge:
 
 # ---- packs ---------------------------------------------------------------------------------------
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ChallengeError(f"{path}: missing (a challenge pack needs challenge.json, answer.json, model/)") from None
-    except json.JSONDecodeError as e:
-        raise ChallengeError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    data = read_json(path, ChallengeError,
+                     f"{path}: missing (a challenge pack needs challenge.json, answer.json, model/)")
     if not isinstance(data, dict):
         raise ChallengeError(f"{path}: the top level must be a JSON object")
     return data
@@ -179,7 +174,6 @@ def write_pack(folder: Path, public: dict, answer: dict, model_src: Path) -> Pat
     if unknown:
         raise ChallengeError(f"asks must be some of {ASKS}, got {unknown}")
     copy_model(model_src, folder / "model")
-    atomic_write_text(folder / "answer.json", json.dumps(answer))
-    atomic_write_text(folder / "challenge.json", json.dumps({"schema": SCHEMA, "version": VERSION, **public},
-                                                            indent=1))
+    atomic_write_json(folder / "answer.json", answer, indent=None)
+    atomic_write_json(folder / "challenge.json", {"schema": SCHEMA, "version": VERSION, **public})
     return folder

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .._nodes import edge_nodes
 from ..discovery import CircuitEvaluator, EdgeScores, ground_truth_scores, task_from_data
 from ..graph import Graph, GraphError
 from ..models import load
@@ -78,7 +79,7 @@ def score_circuit(challenge: Challenge, sub: CircuitSubmission, *, n_prompts: in
     gt = ground_truth_scores(ranking, truth)
     scored = {e for e in edges if e not in truth.structural_edges}
     hits = len(scored & truth.edges)
-    sub_nodes = {n for e in edges for n in _nodes(e)} - {"input", "logits"}
+    sub_nodes = {n for e in edges for n in edge_nodes(e.split("@")[0])} - {"input", "logits"}
     true_nodes = set(truth.nodes) - {"input", "logits"}
     node_hits = len(sub_nodes & true_nodes)
     data = challenge.public_task(n_prompts, seed)
@@ -96,12 +97,6 @@ def score_circuit(challenge: Challenge, sub: CircuitSubmission, *, n_prompts: in
                f"{numbers['node_precision']:.2f}, recall {numbers['node_recall']:.2f}; faithfulness of your "
                f"{len(edges)}-edge circuit {numbers['faithfulness']:.3f}")
     return Score(challenge.name, "circuit", numbers, summary)
-
-
-def _nodes(edge: str) -> tuple[str, str]:
-    from .._nodes import edge_nodes
-
-    return edge_nodes(edge.split("@")[0])
 
 
 # ---- triggers (the trojan input space: '<bos> x1 .. x9 =') ---------------------------------------

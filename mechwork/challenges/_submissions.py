@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .._io import read_json as read_json_file
 from ._types import SubmissionError
 
 P = 113
@@ -130,12 +131,7 @@ def read_table(path: Path) -> Tensor:
 
 
 def read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SubmissionError(f"{path}: no such submission file") from None
-    except json.JSONDecodeError as e:
-        raise SubmissionError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    return read_json_file(path, SubmissionError, f"{path}: no such submission file")
 
 
 @dataclass(frozen=True)

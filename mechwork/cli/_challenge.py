@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import textwrap
 
 from ._main import EXIT_OK
@@ -28,13 +27,13 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from .._io import atomic_write_text
+    from .._io import atomic_write_json
     from ..challenges import score_submission
 
     score = score_submission(args.name, args.submission, timeout=args.timeout)
     print(score.summary)
     if args.out:
-        atomic_write_text(args.out, json.dumps(score.to_dict(), indent=1))
+        atomic_write_json(args.out, score.to_dict())
         print(f"wrote {args.out}")
     return EXIT_OK
 

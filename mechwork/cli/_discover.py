@@ -38,13 +38,18 @@ def add_task_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
-def run_discover(args: argparse.Namespace) -> int:
-    from ..discovery import CircuitRequest, find_circuit
+def task_from_arguments(args: argparse.Namespace):
+    """(zoo entry, model, task data) for the arguments :func:`add_task_arguments` added."""
     from ..models import load
 
     entry = zoo_task(args.model)
-    model = load(args.model)
-    data = entry.task.data(args.n_prompts, seed=args.seed)
+    return entry, load(args.model), entry.task.data(args.n_prompts, seed=args.seed)
+
+
+def run_discover(args: argparse.Namespace) -> int:
+    from ..discovery import CircuitRequest, find_circuit
+
+    entry, model, data = task_from_arguments(args)
     truth = entry.ground_truth()
     options = _options(args.option)
     if args.progress and args.method in ("acdc", "exact"):

@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from ._discover import task_from_arguments
 from ._main import EXIT_OK
-
-
-def _model_and_task(spec: str, n_prompts: int, seed: int):
-    from ..models import load
-    from ._discover import zoo_task
-
-    entry = zoo_task(spec)
-    return load(spec), entry.task.data(n_prompts, seed=seed)
 
 
 def run_cache(args: argparse.Namespace) -> int:
     from ..hooks import stream_activations
 
-    model, data = _model_and_task(args.model, args.n_prompts, args.seed)
+    _, model, data = task_from_arguments(args)
     tokens = data.corrupted if args.corrupted else data.clean
     out = stream_activations(model, tokens, args.hooks, args.out, batch_size=args.batch_size, progress=True)
     print(f"cached {len(args.hooks)} hook pattern(s) for {len(tokens)} prompts into {out} (resumable)")
@@ -28,17 +20,17 @@ def run_cache(args: argparse.Namespace) -> int:
 
 
 def run_patch(args: argparse.Namespace) -> int:
-    from .._io import atomic_write_text
+    from .._io import atomic_write_json
     from ..discovery import make_metric
     from ..hooks import activation_patching, attribution_patching
     from ..viz import patching_heatmap, save_figure
 
-    model, data = _model_and_task(args.model, args.n_prompts, args.seed)
+    _, model, data = task_from_arguments(args)
     sweep = attribution_patching if args.method == "attribution" else activation_patching
     result = sweep(model, data.clean, data.corrupted, make_metric(args.metric, model, data), args.site,
                    per_position=args.per_position, direction=args.direction).normalized()
     out = Path(args.out)
-    atomic_write_text(out / "result.json", json.dumps(result.to_dict(), indent=1))
+    atomic_write_json(out / "result.json", result.to_dict())
     save_figure(patching_heatmap(result), out / "heatmap.html")
     for coords, value in result.top(5):
         print("  " + " ".join(f"{k} {v}" for k, v in coords.items()) + f": {value:+.3f}")

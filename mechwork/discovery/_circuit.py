@@ -9,13 +9,12 @@ versions, and names the key at fault in a malformed file.
 from __future__ import annotations
 
 import copy
-import json
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .._io import atomic_write_text
+from .._io import atomic_write_json, read_json
 
 SCHEMA = "mechwork.circuit"
 VERSION = 1
@@ -61,17 +60,11 @@ class Circuit:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically: an interrupted save never leaves a half-written file."""
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=True))
+        return atomic_write_json(path, self.to_dict(), allow_nan=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Circuit:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise CircuitFileError(f"{path}: no such circuit file") from None
-        except json.JSONDecodeError as e:
-            raise CircuitFileError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        data = read_json(path, CircuitFileError, f"{path}: no such circuit file")
         return cls.from_dict(data, where=str(path))
 
     @classmethod

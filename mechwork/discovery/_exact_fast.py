@@ -62,7 +62,6 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, scale: float, query_positions: Tens
 
 @dataclass
 class _CleanLayer:
-    normed: Tensor  # ln1(resid_pre) [B, T, d]
     q: Tensor  # [B, H, T, dh]
     k: Tensor
     v: Tensor
@@ -86,13 +85,21 @@ class FastExact:
             x = self.resid_pre[layer]
             block, w = self.model.blocks[layer], self.w
             normed = block.ln1(x)
-            q = torch.einsum("btd,hde->bhte", normed, w.W_Q[layer]) + w.b_Q[layer][None, :, None]
-            k = torch.einsum("btd,hde->bhte", normed, w.W_K[layer]) + w.b_K[layer][None, :, None]
-            v = torch.einsum("btd,hde->bhte", normed, w.W_V[layer]) + w.b_V[layer][None, :, None]
+            q, k, v = self._qkv(layer, normed, normed)
             z = _attend(q, k, v, w.scales[layer], torch.arange(x.shape[1], device=x.device))
             result = torch.einsum("bhte,hed->bhtd", z, w.W_O[layer])
-            self._layers[layer] = _CleanLayer(normed, q, k, v, result, x + result.sum(1) + w.b_O[layer])
+            self._layers[layer] = _CleanLayer(q, k, v, result, x + result.sum(1) + w.b_O[layer])
         return self._layers[layer]
+
+    def _qkv(self, layer: int, for_queries: Tensor, for_keys: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Every head's queries (from ``for_queries``), keys and values (from ``for_keys``):
+        ``[batch, heads, positions, d_head]``."""
+        w = self.w
+
+        def project(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+            return torch.einsum("btd,hde->bhte", x, weight[layer]) + bias[layer][None, :, None]
+
+        return project(for_queries, w.W_Q, w.b_Q), project(for_keys, w.W_K, w.b_K), project(for_keys, w.W_V, w.b_V)
 
     # ---- one chunk of edges ---------------------------------------------------------------------
     def head_edges(self, layer: int, ports: Tensor, heads: Tensor,
@@ -123,7 +130,7 @@ class FastExact:
             new_result[rows] = torch.einsum("rbte,red->rbtd", z, w.W_O[layer, h])
         old_result = clean.result[:, heads][:, :, queries].transpose(0, 1)  # [n, B, Q, d]
         mid = clean.resid_mid[:, queries].unsqueeze(0) + new_result - old_result
-        return self._finish(layer, mid.flatten(0, 1), last)
+        return self._finish(layer, mid.flatten(0, 1))
 
     def mlp_edges(self, layer: int, edits: Float[Tensor, "n batch pos d"]) -> Float[Tensor, "rows vocab"]:
         """Logits at the metric position with each row block's MLP input reduced by its edit."""
@@ -138,7 +145,7 @@ class FastExact:
         post = residual.expand(len(edits), -1, -1, -1).flatten(0, 1) + out
         return self._rest(layer + 1, post)
 
-    def _finish(self, layer: int, mid: Tensor, last: bool) -> Tensor:
+    def _finish(self, layer: int, mid: Tensor) -> Tensor:
         block = self.model.blocks[layer]
         post = mid + block.mlp(block.ln2(mid))
         return self._rest(layer + 1, post)
@@ -150,7 +157,7 @@ class FastExact:
             return _unembed(self.model, x)[:, 0]
         with hook_flags(self.model, attn_result=False, split_qkv=False, mlp_in=False):
             if layer < self.n_layers - 1:
-                x = _standalone_from_to(self.model, x, layer, self.n_layers - 1)
+                x = _standalone_from(self.model, x, layer, stop=self.n_layers - 1)
             return _unembed(self.model, self._last_block_at_position(x))[:, 0]
 
     def _last_block_at_position(self, x: Tensor) -> Tensor:
@@ -158,19 +165,10 @@ class FastExact:
         layer, w, block = self.n_layers - 1, self.w, self.model.blocks[self.n_layers - 1]
         normed = block.ln1(x)
         p = self.position
-        q = torch.einsum("btd,hde->bhte", normed[:, [p]], w.W_Q[layer]) + w.b_Q[layer][None, :, None]
-        k = torch.einsum("btd,hde->bhte", normed[:, : p + 1], w.W_K[layer]) + w.b_K[layer][None, :, None]
-        v = torch.einsum("btd,hde->bhte", normed[:, : p + 1], w.W_V[layer]) + w.b_V[layer][None, :, None]
+        q, k, v = self._qkv(layer, normed[:, [p]], normed[:, : p + 1])
         z = _attend(q, k, v, w.scales[layer], torch.tensor([p], device=x.device))
         mid = x[:, [p]] + torch.einsum("bhte,hed->btd", z, w.W_O[layer]) + w.b_O[layer]
         return mid + block.mlp(block.ln2(mid))
-
-
-def _standalone_from_to(model, x: Tensor, start: int, stop: int) -> Tensor:
-    for block in model.blocks[start:stop]:
-        out = block(x)
-        x = out[0] if isinstance(out, tuple) else out
-    return x
 
 
 @torch.no_grad()

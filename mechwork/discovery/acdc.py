@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .._io import atomic_write_text
+from .._io import atomic_write_json
 from .._nodes import parse_node
 from ..graph import Graph, clean_start, masked_forward, masked_forward_from
 from ..hooks._runner import embed
@@ -97,7 +97,7 @@ def _load_checkpoint(path: Path, fingerprint: str) -> dict | None:
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    atomic_write_text(path, json.dumps(state))
+    atomic_write_json(path, state, indent=None)
 
 
 def _layer_of(node: str, n_layers: int) -> int:

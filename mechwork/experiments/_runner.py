@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .._io import atomic_write_text
+from .._io import atomic_write_json, atomic_write_text
 from ._config import Experiment, parse_experiment
 from ._steps import RUNNERS, Session
 
@@ -52,15 +52,15 @@ def _is_done(record: dict | None, fingerprint: str, out: Path) -> bool:
             and all((out / f).exists() for f in record.get("files", [])))
 
 
-def _record(out: Path, experiment: Experiment, steps: dict) -> None:
-    atomic_write_text(out / RUN_FILE, json.dumps({
+def _record(out: Path, experiment: Experiment, versions: dict, steps: dict) -> None:
+    atomic_write_json(out / RUN_FILE, {
         "experiment": {"name": experiment.name, "file": str(experiment.path), "seed": experiment.seed,
                        "model": experiment.model, "task": experiment.task,
                        "steps": [{"kind": s.kind, "name": s.name, **s.config} for s in experiment.steps],
                        "outputs": experiment.outputs},
-        "versions": _versions(),
+        "versions": versions,
         "steps": steps,
-    }, indent=1))
+    })
 
 
 def run_experiment(path: str | os.PathLike, out: str | os.PathLike | None = None, *, force: bool = False,
@@ -72,6 +72,7 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike | None = None
     atomic_write_text(out / "experiment.toml", experiment.text)
     session = Session(experiment, out, progress)
     records = {} if force else _previous(out)
+    versions = _versions()
     steps: dict[str, dict] = {}
     ran, skipped = [], []
     bar = tqdm(experiment.steps, desc=experiment.name, unit="step", disable=not progress)
@@ -83,7 +84,7 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike | None = None
             skipped.append(step.name)
             continue
         steps[step.name] = {"kind": step.kind, "status": "running", "fingerprint": fingerprint}
-        _record(out, experiment, {**records, **steps})
+        _record(out, experiment, versions, {**records, **steps})
         start = time.perf_counter()
         folder = out / step.name
         folder.mkdir(exist_ok=True)
@@ -91,7 +92,7 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike | None = None
         steps[step.name] = {"kind": step.kind, "status": "done", "fingerprint": fingerprint,
                             "seconds": round(time.perf_counter() - start, 3),
                             "files": [str(f.relative_to(out)) for f in files]}
-        _record(out, experiment, {**records, **steps})
+        _record(out, experiment, versions, {**records, **steps})
         ran.append(step.name)
-    _record(out, experiment, steps)  # drop records of steps no longer in the file
+    _record(out, experiment, versions, steps)  # drop records of steps no longer in the file
     return RunResult(out, tuple(ran), tuple(skipped), {k: v.get("files", []) for k, v in steps.items()})

@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from collections.abc import Callable
 from functools import cached_property
 from itertools import product
@@ -13,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .._io import atomic_write_text
+from .._io import atomic_write_csv, atomic_write_json
 from ..discovery import Circuit, CircuitRequest, find_circuit, make_metric, verify
 from ..hooks import activation_patching, attribution_patching
 from ..models import load, zoo
@@ -92,18 +89,6 @@ class Session:
         return files
 
 
-def _json(path: Path, data) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=1))
-
-
-def _csv(path: Path, header: list[str], rows) -> Path:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(rows)
-    return atomic_write_text(path, buffer.getvalue())
-
-
 def run_patch(s: Session, step: Step, folder: Path) -> list[Path]:
     c = step.config
     sweep = attribution_patching if c.get("method", "exact") == "attribution" else activation_patching
@@ -113,8 +98,8 @@ def run_patch(s: Session, step: Step, folder: Path) -> list[Path]:
     # itertools.product walks coordinates in the same (row-major) order as flatten()
     rows = [[*idx, v] for idx, v in zip(product(*map(range, result.shape)), result.values.flatten().tolist(),
                                         strict=True)]
-    files = [_json(folder / "result.json", result.to_dict()),
-             _csv(folder / "result.csv", [*result.dims, "value"], rows)]
+    files = [atomic_write_json(folder / "result.json", result.to_dict()),
+             atomic_write_csv(folder / "result.csv", [*result.dims, "value"], rows)]
     files += s.figure(patching_heatmap(result), folder, "heatmap")
     if "pos" in result.dims and "layer" in result.dims:
         files += s.figure(patching_heatmap(result, rows="layer", cols="pos"), folder, "heatmap_layer_position")
@@ -147,7 +132,7 @@ def run_discover(s: Session, step: Step, folder: Path) -> list[Path]:
                            task_name=s.experiment.task.get("zoo") or s.experiment.name,
                            seed=s.experiment.seed if s.zoo_entry is not None else None, **options)
     files = [circuit.save(folder / "circuit.json")]
-    files.append(_csv(folder / "edges.csv", ["edge", "score", "in_circuit"],
+    files.append(atomic_write_csv(folder / "edges.csv", ["edge", "score", "in_circuit"],
                       [[e, v, e in set(circuit.selected)] for e, v in circuit.edges.items()]))
     files += s.figure(faithfulness_curves({c["method"]: circuit}), folder, "faithfulness")
     if c.get("report", True):
@@ -161,7 +146,7 @@ def run_discover(s: Session, step: Step, folder: Path) -> list[Path]:
 def run_verify(s: Session, step: Step, folder: Path) -> list[Path]:
     circuit = Circuit.load(s.out / step.config["circuit"] / "circuit.json")
     result = verify(circuit, s.model, tolerance=step.config.get("tolerance", 1e-4))
-    path = _json(folder / "verify.json", {"ok": result.ok, "recorded": result.recorded,
+    path = atomic_write_json(folder / "verify.json", {"ok": result.ok, "recorded": result.recorded,
                                           "recomputed": result.recomputed, "tolerance": result.tolerance,
                                           "weights_match": result.weights_match, "message": result.message()})
     if not result.ok:
@@ -176,7 +161,7 @@ def run_resample(s: Session, step: Step, folder: Path) -> list[Path]:
     circuit = Circuit.load(s.out / step.config["circuit"] / "circuit.json")
     result = resample_circuit(s.model, s.data, circuit.selected, metric=s.metric_key,
                               n_resamples=step.config.get("n_resamples", 5), seed=s.experiment.seed)
-    return [_json(folder / "resample.json", {**result.__dict__, "surviving": result.surviving,
+    return [atomic_write_json(folder / "resample.json", {**result.__dict__, "surviving": result.surviving,
                                              "summary": result.summary()})]
 
 

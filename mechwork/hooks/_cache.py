@@ -8,7 +8,6 @@ same call resumes after the last whole shard. Memory stays bounded by one batch'
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .._io import atomic_write_text
+from .._io import atomic_write_json, read_json
 from ._runner import hooked
 from ._selectors import HookSelector, SelectorLike
 from ._validation import InputError, check_tokens
@@ -71,10 +70,6 @@ def _fingerprint(tokens: Tensor | Iterable[Tensor]) -> str | None:
     return hashlib.sha256(tokens.cpu().numpy().tobytes()).hexdigest()[:16]
 
 
-def _atomic_json(path: Path, data: dict) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2))
-
-
 def stream_activations(
     model,
     tokens: Tensor | Iterable[Tensor],
@@ -121,19 +116,14 @@ def stream_activations(
         save_file(tensors, str(tmp))
         os.replace(tmp, out / shard_name)
         shards.append({"file": shard_name, "rows": int(batch.shape[0] if batch.ndim == 2 else 1)})
-        _atomic_json(out / MANIFEST, {"config": config, "shards": shards, "complete": False})
-    _atomic_json(out / MANIFEST, {"config": config, "shards": shards, "complete": True})
+        atomic_write_json(out / MANIFEST, {"config": config, "shards": shards, "complete": False}, indent=2)
+    atomic_write_json(out / MANIFEST, {"config": config, "shards": shards, "complete": True}, indent=2)
     return out
 
 
 def _read_manifest(folder: Path) -> dict:
     path = folder / MANIFEST
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{folder} is not an activation cache (no {MANIFEST})") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path} is not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    data = read_json(path, InputError, f"{folder} is not an activation cache (no {MANIFEST})")
     if not isinstance(data, dict) or "config" not in data or "shards" not in data:
         raise InputError(f"{path} is missing 'config' or 'shards'")
     version = data["config"].get("format")

@@ -63,9 +63,10 @@ def n_layers(model) -> int:
     return int(model.cfg.n_layers)
 
 
-def _standalone_from(model, resid: Tensor, layer: int) -> Tensor:
+def _standalone_from(model, resid: Tensor, layer: int, stop: int | None = None) -> Tensor:
+    """The residual after blocks ``layer`` .. ``stop - 1`` (to the last block by default)."""
     x = resid
-    for block in model.blocks[layer:]:
+    for block in model.blocks[layer:stop]:
         out = block(x)
         x = out[0] if isinstance(out, tuple) else out
     return x

@@ -136,11 +136,13 @@ def write_report(circuit: Circuit, path: str | os.PathLike, *, tokenizer=None, t
 
 
 def report_tokenizer(circuit: Circuit):
-    """The tokenizer of the circuit's model, for token strings in the report, or None when the model
-    cannot be loaded here (the report then shows token ids)."""
-    from ..models import ModelNotAvailableError, load
+    """The tokenizer of the circuit's model, for token strings in the report, or None when it is not
+    available here (the report then shows token ids). Only the tokenizer is read, not the weights."""
+    from transformers import AutoTokenizer
+
+    from ..models import ModelNotAvailableError, resolve_spec
 
     try:
-        return getattr(load(circuit.model["spec"]), "tokenizer", None)
+        return AutoTokenizer.from_pretrained(resolve_spec(circuit.model["spec"]))
     except (ModelNotAvailableError, ValueError, OSError):
         return None

@@ -12,6 +12,7 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 
 from ..hooks import cache_activations
+from ..hooks._patching import position_labels
 
 
 def _tokens(model, prompt) -> Int[Tensor, "1 pos"]:
@@ -22,10 +23,9 @@ def _tokens(model, prompt) -> Int[Tensor, "1 pos"]:
 
 
 def token_labels(model, tokens: Sequence[int]) -> list[str]:
-    """``"i: token"`` for each position (unique, so repeated tokens keep separate axis slots), escaped."""
-    tok = getattr(model, "tokenizer", None)
-    words = tok.convert_ids_to_tokens(list(tokens)) if tok is not None else [str(t) for t in tokens]
-    return [html.escape(f"{i}: {w}") for i, w in enumerate(words)]
+    """The hooks layer's ``"i: token"`` position labels (unique, so repeated tokens keep separate axis
+    slots), escaped for HTML."""
+    return [html.escape(label) for label in position_labels(model, torch.as_tensor(tokens).unsqueeze(0))]
 
 
 def attention_patterns(model, prompt, heads: Sequence[tuple[int, int]], *, title: str | None = None) -> go.Figure:

@@ -155,6 +155,13 @@ class GPT2Constructor:
     def sub(self, name: str) -> slice:
         return self.layout[name].slice
 
+    def one_hot_embeddings(self) -> None:
+        """Tokens one-hot in subspace ``tok``, positions one-hot in ``pos``, a constant 1 in ``one`` (the
+        embeddings of every :func:`token_circuit_layout` model)."""
+        self.tok_embed[:, self.sub("tok")] = torch.eye(self.tok_embed.shape[0])
+        self.pos_embed[:, self.sub("pos")] = torch.eye(self.pos_embed.shape[0])
+        self.pos_embed[:, self.sub("one")] = 1.0
+
     def reader(self, space: str, block: Tensor) -> Tensor:
         """``[d_ideal, d_head]`` map that reads ``block`` out of subspace ``space`` (for W_Q, W_K, W_V)."""
         w = torch.zeros(self.layout.d_ideal, self.d_head)

@@ -43,9 +43,7 @@ def build() -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast]:
     c = GPT2Constructor(lay, n_layers=2, n_heads=N_HEADS, vocab_size=v, n_ctx=N_CTX, d_mlp=32)
     dh = c.d_head
     s = c.sub
-    c.tok_embed[:, s("tok")] = torch.eye(v)
-    c.pos_embed[:, s("pos")] = torch.eye(N_CTX)
-    c.pos_embed[:, s("one")] = 1.0
+    c.one_hot_embeddings()
 
     reader, writer = c.reader, c.writer
 
