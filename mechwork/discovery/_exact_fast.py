@@ -8,23 +8,24 @@ An MLP edge skips the layer's attention entirely. In the last layer, and in the 
 run, only the metric's query position is computed (nothing else reaches the answer).
 
 The pieces follow Hugging Face's GPT-2 block (pre-LayerNorm attention and MLP, causal softmax scaled
-by 1/sqrt(d_head)); :func:`fast_exact_for` checks them once per model against the bridge's own
-forward, and exact patching falls back to running the bridge's blocks where they differ.
+by 1/sqrt(d_head)). They are used where the model's declared structure says they describe it
+(``ModelStructure.layer_pieces``), and :func:`fast_exact_for` checks them on every call against the
+clean run it is about to patch (a few rows; no cache): where they differ, it warns, naming the model
+and the size of the difference, and exact patching reruns the bridge's blocks instead.
 """
 
 from __future__ import annotations
 
 import math
-import weakref
+import warnings
 from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..hooks._runner import _standalone_from, _unembed, _verify, hook_flags, n_layers
-
-_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+from ..hooks._runner import _standalone_from, _unembed, hook_flags, n_layers
+from ..models import SlowPathWarning, structure_of, warn_slow_path
 
 
 @dataclass(frozen=True)
@@ -173,27 +174,36 @@ class FastExact:
 
 @torch.no_grad()
 def fast_exact_for(model, resid_pre: list[Tensor], position: int) -> FastExact | None:
-    """A :class:`FastExact` when its pieces reproduce this model's own blocks (checked once per model
-    on the clean run: the last-position logits from layer 0's pieces against the bridge's)."""
-    if not _verify(model):
+    """A :class:`FastExact` where the model's structure declares the GPT-2 layer pieces apply and they
+    reproduce this clean run's logits; otherwise ``None`` (the caller reruns whole blocks), with a
+    warning that says why."""
+    structure = structure_of(model)
+    if not structure.layer_pieces:
+        warn_slow_path(model, "exact patching's layer pieces",
+                       f"they follow GPT-2's block and {structure.architecture} is not declared to match it; "
+                       "rerunning each destination block through the bridge (exact, slower)")
         return None
     fast = FastExact(model, resid_pre, position)
-    if model not in _CHECKED:
-        _CHECKED[model] = _reproduces_clean(model, fast, resid_pre)
-    return fast if _CHECKED[model] else None
+    difference, tolerance = _difference_from_clean(model, fast, resid_pre)
+    if difference > tolerance:
+        warnings.warn(
+            f"{getattr(model, 'mechwork_spec', structure.architecture)}: exact patching's layer pieces do not "
+            f"reproduce this model's clean logits (max difference {difference:.3g} > {tolerance:.3g}); rerunning "
+            "each destination block through the bridge instead (exact, slower)", SlowPathWarning, stacklevel=3)
+        return None
+    return fast
 
 
-def _reproduces_clean(model, fast: FastExact, resid_pre: list[Tensor]) -> bool:
-    """With nothing ablated, every piece must give the clean logits the bridge's blocks give."""
-    try:
-        with hook_flags(model, attn_result=False, split_qkv=False, mlp_in=False):
-            reference = _unembed(model, _standalone_from(model, resid_pre[0], 0)[:, [fast.position]])[:, 0]
-        tolerance = 1e-4 * float(reference.abs().max()) + 1e-6
-        zero = torch.zeros_like(resid_pre[0]).unsqueeze(0)
-        runs = [fast.head_edges(layer, torch.tensor([0, 1, 2]), torch.tensor([0, 0, 0]), zero.expand(3, -1, -1, -1))
-                for layer in (0, fast.n_layers - 1)]
-        runs += [fast.mlp_edges(layer, zero) for layer in (0, fast.n_layers - 1)]
-        return all(torch.allclose(block, reference, rtol=1e-4, atol=tolerance)
-                   for run in runs for block in run.split(len(reference)))
-    except (RuntimeError, AttributeError, IndexError, TypeError):
-        return False
+def _difference_from_clean(model, fast: FastExact, resid_pre: list[Tensor]) -> tuple[float, float]:
+    """With nothing ablated every piece must give the clean logits the bridge's blocks give: the largest
+    difference over the head and MLP pieces of the first and last layers, and the tolerance for it."""
+    with hook_flags(model, attn_result=False, split_qkv=False, mlp_in=False):
+        reference = _unembed(model, _standalone_from(model, resid_pre[0], 0)[:, [fast.position]])[:, 0]
+    tolerance = 1e-4 * float(reference.abs().max()) + 1e-6
+    zero = torch.zeros_like(resid_pre[0]).unsqueeze(0)
+    ports = torch.tensor([0, 1, 2], device=zero.device)
+    heads = torch.zeros(3, dtype=torch.long, device=zero.device)
+    runs = [fast.head_edges(layer, ports, heads, zero.expand(3, -1, -1, -1)) for layer in (0, fast.n_layers - 1)]
+    runs += [fast.mlp_edges(layer, zero) for layer in (0, fast.n_layers - 1)]
+    worst = max(float((block - reference).abs().max()) for run in runs for block in run.split(len(reference)))
+    return worst, tolerance

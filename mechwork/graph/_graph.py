@@ -28,6 +28,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .._nodes import INPUT, LOGITS, edge, head_node, mlp_node, parse_node
+from ..models import structure_of
 
 PORTS = ("q", "k", "v")
 
@@ -44,6 +45,9 @@ class Graph:
 
     @classmethod
     def from_model(cls, model, *, positions: int | None = None) -> Graph:
+        """The graph of ``model``; refuses (``UnsupportedModelError``, naming what is missing) a model whose
+        block structure this graph does not describe, rather than give it wrong edges."""
+        structure_of(model).require_edge_graph()
         if positions is not None and positions <= 0:
             raise ValueError(f"positions must be positive, got {positions}")
         return cls(int(model.cfg.n_layers), int(model.cfg.n_heads), positions)

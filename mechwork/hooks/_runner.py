@@ -3,23 +3,22 @@
 Exact patching at layer l only changes blocks l and up, so re-running blocks 0..l-1 is waste. The
 bridge's own ``start_at_layer`` still executes the lower blocks, so we drive the blocks ourselves:
 ``blocks[l:]``, then ``ln_final`` and ``unembed`` (only at the metric's position when it has one).
-Hook points inside the blocks fire as usual. Each model's fast path is checked once against its full
-forward; a model whose blocks cannot run standalone falls back to ``start_at_layer`` (exact, slower).
+Hook points inside the blocks fire as usual. Whether a model's blocks can be driven by hand is a
+declared property of its structure (``models.structure_of(model).resumable_blocks``, backed by a test
+per family); a model whose blocks cannot uses ``start_at_layer`` (exact, slower) and says so once.
 """
 
 from __future__ import annotations
 
 import contextlib
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 
-import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-HookList = Sequence[tuple[str, Callable]]
+from ..models import structure_of, warn_slow_path
 
-_VERIFIED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+HookList = Sequence[tuple[str, Callable]]
 
 
 @contextlib.contextmanager
@@ -76,24 +75,14 @@ def _unembed(model, x: Float[Tensor, "batch pos d_model"]) -> Tensor:
     return model.unembed(model.ln_final(x))
 
 
-def _verify(model) -> bool:
-    """Does driving the blocks by hand reproduce the model's own forward? Checked once per model."""
-    if model in _VERIFIED:
-        return _VERIFIED[model]
-    ok = False
-    with contextlib.suppress(Exception), torch.no_grad():
-        n_ctx = int(getattr(model.cfg, "n_ctx", 4) or 4)
-        tokens = torch.arange(min(4, n_ctx), device=_device(model)).unsqueeze(0) % int(model.cfg.d_vocab)
-        reference = model(tokens)
-        resid = model(tokens, stop_at_layer=0)
-        mine = _unembed(model, _standalone_from(model, resid, 0))
-        ok = torch.allclose(mine, reference, rtol=1e-4, atol=1e-4 * float(reference.abs().max()) + 1e-6)
-    _VERIFIED[model] = ok
-    return ok
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
+def _resumable(model) -> bool:
+    """Drive the blocks by hand? Declared by the model's structure; a model where not says so once."""
+    structure = structure_of(model)
+    if not structure.resumable_blocks:
+        warn_slow_path(model, "resuming the forward pass at a block",
+                       f"mechwork has not verified that {structure.architecture}'s blocks run standalone; "
+                       "using the bridge's start_at_layer, which reruns the blocks below (exact, slower)")
+    return structure.resumable_blocks
 
 
 def embed(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
@@ -113,7 +102,7 @@ def run_from(
 
     With ``position`` set, returns ``[batch, vocab]`` logits at that position only.
     """
-    fast = _verify(model)  # before attaching hooks: they expect the caller's batch, not the check's
+    fast = _resumable(model)
     with hooked(model, fwd_hooks):
         if fast:
             x = _standalone_from(model, resid, layer) if layer < n_layers(model) else resid
@@ -138,7 +127,7 @@ def run_layer_then_rest(
 
     ``layer == n_layers`` applies the hooks' edit nowhere: pass the final residual already edited.
     """
-    if not _verify(model):
+    if not _resumable(model):
         with hook_flags(model, **flags), hooked(model, layer_hooks):
             logits = _fallback_from(model, resid, layer)
         return logits[:, position] if position is not None else logits
@@ -157,7 +146,7 @@ def run_layer_then_rest(
 
 def uses_fast_path(model) -> bool:
     """Whether ``run_from`` drives the blocks directly on this model (else it uses ``start_at_layer``)."""
-    return _verify(model)
+    return structure_of(model).resumable_blocks
 
 
 def _fallback_from(model, resid: Tensor, layer: int) -> Tensor:

@@ -7,10 +7,8 @@ raises :class:`UnknownHookError` naming the closest real hooks.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import fnmatch
-import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -62,9 +60,10 @@ class HookSelector:
         return tuple(chosen)
 
 
-# model -> (flag state, names): the bridge rebuilds hook_dict (with aliases) on every access, which
-# costs tens of milliseconds on GPT-2 small, so names are listed once per flag state.
-_NAMES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# The bridge rebuilds hook_dict (with aliases) on every access, which costs tens of milliseconds on
+# GPT-2 small, so names are listed once per flag state and kept on the model itself (not in a
+# module-global table keyed by object identity): (flag state, names).
+_NAMES_ATTRIBUTE = "_mechwork_hook_names"
 
 
 def _flag_state(model) -> tuple:
@@ -76,14 +75,13 @@ def _flag_state(model) -> tuple:
 def hook_names(model) -> list[str]:
     """Hook names usable now (hooks gated behind an off bridge flag, such as hook_attn_in, are left out)."""
     state = _flag_state(model)
-    cached = _NAMES.get(model)
+    cached = model.__dict__.get(_NAMES_ATTRIBUTE)
     if cached is not None and cached[0] == state:
         return list(cached[1])
     hook_dict = model.hook_dict
     gated = getattr(model, "_gated_hook_reason", None)
     names = [n for n, point in hook_dict.items() if gated is None or gated(point.name or n) is None]
-    with contextlib.suppress(TypeError):  # a model that cannot be weak-referenced is just not cached
-        _NAMES[model] = (state, tuple(names))
+    model.__dict__[_NAMES_ATTRIBUTE] = (state, tuple(names))
     return names
 
 

@@ -1,9 +1,12 @@
 """Zoo checkpoints on disk: built on first use, cached, never half-written.
 
-Layout: ``$MECHWORK_CACHE/zoo/<name>-v<version>-<recipe hash>/`` holding an ordinary Hugging Face
+Layout: ``$MECHWORK_CACHE/zoo/<name>-v<version>-<build hash>/`` holding an ordinary Hugging Face
 checkpoint (``config.json``, ``model.safetensors``, tokenizer files) plus ``mechwork.json`` with
-the entry's build facts. A build goes to a temporary sibling folder that is renamed into place only
-when complete, under a file lock so that concurrent processes build once.
+the entry's build facts. The build hash covers the recipe, the version and the source code that
+builds the weights (the builder's module and the zoo's shared construction modules), so editing an
+entry's code rebuilds it instead of serving stale weights. A build goes to a temporary sibling
+folder that is renamed into place only when complete, under a file lock so that concurrent
+processes build once.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import inspect
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -31,8 +36,35 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "mechwork"
 
 
+# Modules every built-in builder may call into: a change in any of them may change the weights.
+_SHARED_BUILD_MODULES = ("mechwork.models.zoo._construct", "mechwork.models.zoo._training",
+                         "mechwork.models.zoo._writer", "mechwork.models._tokenizer")
+
+
+def builder_source_hash(entry: ZooEntry) -> str:
+    """SHA-256 over the source of the module that defines the entry's builder and the shared build modules."""
+    digest = hashlib.sha256()
+    digest.update(_source_of_builder(entry.builder))
+    for name in _SHARED_BUILD_MODULES:
+        __import__(name)
+        digest.update(f"{name}\n{inspect.getsource(sys.modules[name])}\n".encode())
+    return digest.hexdigest()
+
+
+def _source_of_builder(builder) -> bytes:
+    """The builder's whole module where it has a source file; a builder typed at a prompt has none, so
+    its own code object (bytecode and constants) stands in for it."""
+    module = sys.modules.get(builder.__module__)
+    try:
+        return inspect.getsource(module if module is not None else builder).encode()
+    except (OSError, TypeError):
+        code = builder.__code__
+        return code.co_code + repr(code.co_consts).encode()
+
+
 def recipe_hash(entry: ZooEntry) -> str:
-    blob = json.dumps({"recipe": entry.recipe, "version": entry.version}, sort_keys=True, default=str)
+    blob = json.dumps({"recipe": entry.recipe, "version": entry.version, "source": builder_source_hash(entry)},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -73,6 +105,7 @@ def ensure_built(entry: ZooEntry, *, verbose: bool = False) -> Path:
                 "name": entry.name,
                 "version": entry.version,
                 "recipe": entry.recipe,
+                "source_sha256": builder_source_hash(entry),
                 "kind": entry.kind,
                 "build_seconds": round(time.perf_counter() - start, 2),
                 "facts": facts,

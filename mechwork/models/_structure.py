@@ -1,0 +1,176 @@
+"""One description of a booted model's block structure, read by the graph, the engine and the hooks.
+
+Model families differ in how a block is wired (sequential or parallel attention and MLP), which norm
+they use, how many key/value heads serve the query heads, what kind of MLP they have and how
+positions enter. Every layer above the models layer reads this description instead of assuming
+GPT-2, and every decision it drives (which edges exist, whether a fast path applies) is made here
+once, from the bridge's config, with the reason recorded when something is not supported.
+
+The description is derived from ``model.cfg`` (TransformerLens's config for the booted bridge),
+so it is cheap to derive and needs no cache.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from enum import Enum
+
+
+class BlockLayout(Enum):
+    SEQUENTIAL = "sequential"  # resid_mid = resid_pre + attn(ln1(resid_pre)); MLP reads resid_mid
+    PARALLEL = "parallel"  # attention and MLP both read the block input (GPT-J, GPT-NeoX, Phi, Falcon)
+
+
+class NormKind(Enum):
+    LAYERNORM = "layernorm"
+    RMSNORM = "rmsnorm"
+    NONE = "none"
+
+
+class MLPKind(Enum):
+    DENSE = "dense"
+    GATED = "gated"
+    MIXTURE_OF_EXPERTS = "mixture-of-experts"
+    NONE = "none"  # attention-only model
+
+
+class PositionKind(Enum):
+    ABSOLUTE = "absolute"  # learned or sinusoidal embeddings added to the residual stream at the input
+    ROTARY = "rotary"
+    ALIBI = "alibi"
+    OTHER = "other"
+
+
+class UnsupportedModelError(ValueError):
+    """A model whose structure a mechwork capability cannot handle exactly (names what is missing)."""
+
+
+# Families whose bridge blocks have been checked (by tests on tiny random checkpoints) to run one by
+# one from a residual stream with no other per-call input, exactly as the bridge's own forward.
+_RESUMABLE_ARCHITECTURES = frozenset({"GPT2LMHeadModel"})
+# Families whose attention exact patching may compute piece by piece (``discovery/_exact_fast.py``
+# follows Hugging Face's GPT-2 block: pre-LayerNorm, causal softmax, one key/value head per query head).
+_LAYER_PIECE_ARCHITECTURES = frozenset({"GPT2LMHeadModel"})
+
+
+@dataclass(frozen=True)
+class ModelStructure:
+    """How a model's blocks are wired; ``architecture`` is the Hugging Face class name."""
+
+    architecture: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    layout: BlockLayout
+    norm: NormKind
+    mlp: MLPKind
+    positions: PositionKind
+    head_result_hook: bool  # the bridge exposes blocks.{l}.attn.hook_result (each head's residual write)
+
+    @property
+    def grouped_query(self) -> bool:
+        return self.n_kv_heads != self.n_heads
+
+    @property
+    def resumable_blocks(self) -> bool:
+        """Can mechwork drive ``blocks[l:]`` by hand from the residual entering block ``l``?"""
+        return self.architecture in _RESUMABLE_ARCHITECTURES
+
+    @property
+    def layer_pieces(self) -> bool:
+        """Does exact patching's piecewise GPT-2 layer (``discovery/_exact_fast.py``) describe this model?"""
+        return self.architecture in _LAYER_PIECE_ARCHITECTURES and self.resumable_blocks
+
+    def edge_graph_gaps(self) -> list[str]:
+        """What the edge graph and patch-mask engine lack for this structure (empty: supported)."""
+        gaps = []
+        if self.layout is not BlockLayout.SEQUENTIAL:
+            gaps.append(f"{self.layout.value} attention/MLP blocks (the graph assumes the MLP reads the "
+                        "attention output of its own block)")
+        if self.grouped_query:
+            gaps.append(f"grouped-query attention ({self.n_heads} query heads, {self.n_kv_heads} key/value heads)")
+        if self.mlp is MLPKind.MIXTURE_OF_EXPERTS:
+            gaps.append("mixture-of-experts MLPs")
+        if not self.head_result_hook:
+            gaps.append("a per-head result hook (blocks.L.attn.hook_result)")
+        return gaps
+
+    def require_edge_graph(self) -> None:
+        """Refuse, naming the architecture and what is missing, rather than give a wrong graph."""
+        gaps = self.edge_graph_gaps()
+        if gaps:
+            raise UnsupportedModelError(
+                f"{self.architecture}: mechwork's edge graph does not support this model yet: it has "
+                + "; ".join(gaps) + ". Caching and activation patching work; edge-level circuit discovery does not."
+            )
+
+    def describe(self) -> str:
+        return (f"{self.architecture}: {self.n_layers} layers, {self.n_heads} heads "
+                f"({self.n_kv_heads} key/value), {self.layout.value} blocks, {self.norm.value} norm, "
+                f"{self.mlp.value} MLP, {self.positions.value} positions")
+
+
+def structure_of(model) -> ModelStructure:
+    """The block structure of a booted ``TransformerBridge`` (or anything with a TransformerLens ``cfg``)."""
+    cfg = model.cfg
+    n_heads = int(cfg.n_heads)
+    kv = getattr(cfg, "n_key_value_heads", None)
+    return ModelStructure(
+        architecture=str(getattr(cfg, "architecture", None) or type(model).__name__),
+        n_layers=int(cfg.n_layers),
+        n_heads=n_heads,
+        n_kv_heads=int(kv) if kv else n_heads,
+        d_model=int(cfg.d_model),
+        d_head=int(cfg.d_head),
+        layout=BlockLayout.PARALLEL if getattr(cfg, "parallel_attn_mlp", False) else BlockLayout.SEQUENTIAL,
+        norm=_norm_kind(getattr(cfg, "normalization_type", None), getattr(cfg, "uses_rms_norm", False)),
+        mlp=_mlp_kind(cfg),
+        positions=_position_kind(str(getattr(cfg, "positional_embedding_type", "standard"))),
+        head_result_hook=_has_head_result_hook(model),
+    )
+
+
+def warn_slow_path(model, what: str, why: str) -> None:
+    """Say once per model and capability that a fast path does not apply (never fall back in silence)."""
+    said = model.__dict__.setdefault("_mechwork_slow_paths", set())
+    if what in said:
+        return
+    said.add(what)
+    spec = getattr(model, "mechwork_spec", None) or structure_of(model).architecture
+    warnings.warn(f"{spec}: {what}: {why}", SlowPathWarning, stacklevel=3)
+
+
+class SlowPathWarning(UserWarning):
+    """A fast path does not apply to this model; mechwork uses a slower exact one instead."""
+
+
+def _norm_kind(normalization_type, uses_rms: bool) -> NormKind:
+    kind = str(normalization_type or "").upper()
+    if uses_rms or kind.startswith("RMS"):
+        return NormKind.RMSNORM
+    if kind.startswith("LN"):
+        return NormKind.LAYERNORM
+    return NormKind.NONE
+
+
+def _mlp_kind(cfg) -> MLPKind:
+    if getattr(cfg, "attn_only", False):
+        return MLPKind.NONE
+    if getattr(cfg, "num_experts", None):
+        return MLPKind.MIXTURE_OF_EXPERTS
+    return MLPKind.GATED if getattr(cfg, "gated_mlp", False) else MLPKind.DENSE
+
+
+def _position_kind(name: str) -> PositionKind:
+    return {"standard": PositionKind.ABSOLUTE, "shortformer": PositionKind.ABSOLUTE,
+            "rotary": PositionKind.ROTARY, "alibi": PositionKind.ALIBI}.get(name, PositionKind.OTHER)
+
+
+def _has_head_result_hook(model) -> bool:
+    blocks = getattr(model, "blocks", None)
+    if not blocks:
+        return False
+    return all(hasattr(getattr(block, "attn", None), "hook_result") for block in blocks)

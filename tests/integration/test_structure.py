@@ -1,0 +1,84 @@
+"""The model-structure description: derived from the booted bridge, and every decision it drives
+(which fast path applies, whether the edge graph describes the model) is declared, never a silent
+fallback."""
+
+import re
+
+import pytest
+import torch
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+
+import mechwork
+from mechwork.graph import Graph
+from mechwork.hooks import activation_patching
+from mechwork.models import (
+    BlockLayout,
+    MLPKind,
+    NormKind,
+    PositionKind,
+    SlowPathWarning,
+    UnsupportedModelError,
+    structure_of,
+)
+from mechwork.models import _structure
+from mechwork.models._tokenizer import word_level_tokenizer
+
+
+def _save(model, folder):
+    model.save_pretrained(folder)
+    word_level_tokenizer([f"w{i}" for i in range(40)], "w0").save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def neox(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = GPTNeoXConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=16, use_parallel_residual=True)
+    return mechwork.load(_save(GPTNeoXForCausalLM(cfg), tmp_path_factory.mktemp("neox")))
+
+
+@pytest.fixture(scope="module")
+def llama_gqa(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=16)
+    return mechwork.load(_save(LlamaForCausalLM(cfg), tmp_path_factory.mktemp("llama")))
+
+
+def test_gpt2_structure(tiny):
+    s = structure_of(tiny)
+    assert (s.architecture, s.layout, s.norm, s.mlp, s.positions) == (
+        "GPT2LMHeadModel", BlockLayout.SEQUENTIAL, NormKind.LAYERNORM, MLPKind.DENSE, PositionKind.ABSOLUTE)
+    assert (s.n_layers, s.n_heads, s.n_kv_heads, s.grouped_query) == (3, 4, 4, False)
+    assert s.resumable_blocks and s.layer_pieces and s.edge_graph_gaps() == []
+
+
+def test_parallel_block_model_is_refused_by_the_edge_graph(neox):
+    s = structure_of(neox)
+    assert s.layout is BlockLayout.PARALLEL and s.positions is PositionKind.ROTARY
+    with pytest.raises(UnsupportedModelError, match=r"GPTNeoXForCausalLM.*parallel attention/MLP blocks"):
+        Graph.from_model(neox)
+
+
+def test_grouped_query_model_is_refused_by_the_edge_graph(llama_gqa):
+    s = structure_of(llama_gqa)
+    assert (s.n_heads, s.n_kv_heads, s.norm, s.mlp) == (4, 2, NormKind.RMSNORM, MLPKind.GATED)
+    with pytest.raises(UnsupportedModelError, match=r"LlamaForCausalLM.*grouped-query attention \(4 query heads, 2"):
+        Graph.from_model(llama_gqa)
+
+
+def test_a_model_not_declared_resumable_says_so_once_and_stays_exact(tiny, tiny_pair, tiny_metric, monkeypatch):
+    """The blocks-by-hand fast path is chosen by the declared structure; where it does not apply, the
+    bridge's start_at_layer gives the same numbers, and the user is told once (not per call)."""
+    clean, corrupted = tiny_pair
+    fast = activation_patching(tiny, clean, corrupted, tiny_metric, "z").values
+    monkeypatch.setattr(_structure, "_RESUMABLE_ARCHITECTURES", frozenset())
+    monkeypatch.delitem(tiny.__dict__, "_mechwork_slow_paths", raising=False)
+    with pytest.warns(SlowPathWarning, match=re.escape(str(tiny.mechwork_spec)) + r".*start_at_layer") as said:
+        slow = activation_patching(tiny, clean, corrupted, tiny_metric, "z").values
+        again = activation_patching(tiny, clean, corrupted, tiny_metric, "resid_pre").values
+    assert len([w for w in said if issubclass(w.category, SlowPathWarning)]) == 1
+    assert again.shape[0] == 3
+    torch.testing.assert_close(slow, fast, atol=1e-5, rtol=1e-5)
+    monkeypatch.delitem(tiny.__dict__, "_mechwork_slow_paths", raising=False)
