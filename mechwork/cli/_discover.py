@@ -73,7 +73,8 @@ def run_discover(args: argparse.Namespace) -> int:
 def run_verify(args: argparse.Namespace) -> int:
     from ..discovery import Circuit, verify
 
-    result = verify(Circuit.load(args.circuit), tolerance=args.tolerance)
+    result = verify(Circuit.load(args.circuit), tolerance=args.tolerance, score_tolerance=args.score_tolerance,
+                    rederive=not args.faithfulness_only)
     print(result.message())
     return EXIT_OK if result.ok else EXIT_FAILURE
 
@@ -97,10 +98,15 @@ def add_commands(sub) -> None:
                    help="method option, e.g. threshold=0.05 or steps=10 (repeatable)")
     d.add_argument("--progress", action="store_true")
     d.set_defaults(func=run_discover)
-    v = sub.add_parser("verify", help="recompute a circuit file's faithfulness; exit 1 if it does not reproduce",
+    v = sub.add_parser("verify", help="re-derive every number a circuit file states (scores, circuit, faithfulness, "
+                                      "curve, ground truth); exit 1 if any line does not reproduce",
                        epilog="example: mechwork verify circuits/induction-acdc.json")
     v.add_argument("circuit")
-    v.add_argument("--tolerance", type=float, default=1e-4)
+    v.add_argument("--tolerance", type=float, default=1e-4, help="for faithfulness values")
+    v.add_argument("--score-tolerance", type=float, default=1e-4,
+                   help="for edge scores, relative to the largest recorded score (at least 1)")
+    v.add_argument("--faithfulness-only", action="store_true",
+                   help="do not rerun the method: check the faithfulness lines only")
     v.set_defaults(func=run_verify)
 
 

@@ -2,11 +2,12 @@
 
 from . import acdc, eap, eap_ig, exact, learned_mask, node_patching  # noqa: F401  (registers the methods)
 from ._circuit import SCHEMA, VERSION, Circuit, CircuitFileError
-from ._pipeline import CircuitRequest, Verification, find_circuit, smallest_faithful, verify
+from ._pipeline import CircuitRequest, find_circuit, smallest_faithful
 from ._registry import Method, UnknownMethodError, discover, get_method, methods, register_method
 from ._scoring import PERCENTAGES, CircuitEvaluator, FaithfulnessCurve, faithfulness_curve, ground_truth_scores, roc_auc
 from ._select import greedy, select, threshold, top_n
 from ._types import ABLATIONS, METRICS, DiscoveryTask, EdgeScores, make_metric, task_from_data
+from ._verify import Check, Verification, verify
 
 __all__ = [
     "PERCENTAGES",
@@ -14,6 +15,7 @@ __all__ = [
     "VERSION",
     "Circuit",
     "CircuitEvaluator",
+    "Check",
     "CircuitFileError",
     "CircuitRequest",
     "FaithfulnessCurve",

@@ -72,7 +72,9 @@ def find_circuit(model, data, method: str, *, metric: str = "logit_diff", ablati
         selection={"how": request.how, "value": request.value, "target": request.target},
         faithfulness={"value": evaluator.faithfulness(edges), "full_value": evaluator.full,
                       "empty_value": evaluator.empty, "curve": curve.to_dict()},
-        ground_truth=None if truth is None else {**ground_truth_scores(scores, truth), "edges": sorted(truth.edges)},
+        ground_truth=None if truth is None else {**ground_truth_scores(scores, truth), "edges": sorted(truth.edges),
+                                                 "nodes": sorted(truth.nodes),
+                                                 "structural_edges": sorted(truth.structural_edges)},
         provenance={"mechwork": version("mechwork"), "torch": torch.__version__, "python": platform.python_version(),
                     "seconds": scores.seconds, "created": now(), "ranking": scores.ranking, "seed": seed},
     )
@@ -80,51 +82,3 @@ def find_circuit(model, data, method: str, *, metric: str = "logit_diff", ablati
 
 def _prompts(data) -> dict:
     return {k: getattr(data, k).tolist() for k in ("clean", "corrupted", "answers", "wrong")}
-
-
-@dataclass(frozen=True)
-class Verification:
-    recorded: float
-    recomputed: float
-    tolerance: float
-    weights_match: bool
-
-    @property
-    def ok(self) -> bool:
-        return self.weights_match and abs(self.recorded - self.recomputed) <= self.tolerance
-
-    def message(self) -> str:
-        if not self.weights_match:
-            return "the model's weights differ from those the circuit was found on (weight hash mismatch)"
-        verdict = "reproduces" if self.ok else "does NOT reproduce"
-        return (f"circuit {verdict}: faithfulness recorded {self.recorded:.6f}, recomputed {self.recomputed:.6f} "
-                f"(difference {abs(self.recorded - self.recomputed):.2e}, tolerance {self.tolerance:.0e})")
-
-
-@dataclass(frozen=True)
-class _Prompts:
-    clean: torch.Tensor
-    corrupted: torch.Tensor
-    answers: torch.Tensor
-    wrong: torch.Tensor
-    position: int
-
-
-def verify(circuit: Circuit, model=None, *, tolerance: float = 1e-4) -> Verification:
-    """Reload the model by reference (unless given), check its weight hash, rebuild the task from the
-    prompts in the file and recompute the circuit's faithfulness."""
-    if model is None:
-        from ..models import load
-
-        model = load(circuit.model["spec"])
-    if weights_hash(model) != circuit.model["weights_sha256"]:
-        return Verification(circuit.faithfulness["value"], float("nan"), tolerance, False)
-    p = circuit.task["prompts"]
-    data = _Prompts(*(torch.tensor(p[k]) for k in ("clean", "corrupted", "answers", "wrong")),
-                    position=circuit.task["position"])
-    graph = Graph.from_model(model, positions=circuit.task.get("positions"))
-    metric = circuit.task["metric"]
-    task = DiscoveryTask(data.clean, data.corrupted, make_metric(metric, model, data), metric,
-                         circuit.task["ablation"])
-    value = CircuitEvaluator(model, graph, task).faithfulness(frozenset(circuit.selected))
-    return Verification(float(circuit.faithfulness["value"]), value, tolerance, True)

@@ -44,7 +44,8 @@ STEPS: dict[str, _Spec] = {
                  "select": (str, False, ("auto", "top-n", "threshold", "greedy")), "value": ((int, float), False, None),
                  "target": ((int, float), False, None), "ablation": (str, False, None),
                  "positions": (bool, False, None), "report": (bool, False, None)},
-    "verify": {"circuit": (str, True, None), "tolerance": ((int, float), False, None)},
+    "verify": {"circuit": (str, True, None), "tolerance": ((int, float), False, None),
+               "faithfulness_only": (bool, False, None)},
     "resample": {"circuit": (str, True, None), "n_resamples": (int, False, None)},
 }
 

@@ -145,10 +145,13 @@ def run_discover(s: Session, step: Step, folder: Path) -> list[Path]:
 
 def run_verify(s: Session, step: Step, folder: Path) -> list[Path]:
     circuit = Circuit.load(s.out / step.config["circuit"] / "circuit.json")
-    result = verify(circuit, s.model, tolerance=step.config.get("tolerance", 1e-4))
-    path = atomic_write_json(folder / "verify.json", {"ok": result.ok, "recorded": result.recorded,
-                                          "recomputed": result.recomputed, "tolerance": result.tolerance,
-                                          "weights_match": result.weights_match, "message": result.message()})
+    result = verify(circuit, s.model, tolerance=step.config.get("tolerance", 1e-4),
+                    rederive=not step.config.get("faithfulness_only", False))
+    lines = [{"what": c.what, "ok": c.ok, "recorded": c.recorded, "recomputed": c.recomputed,
+              "tolerance": c.tolerance, "detail": c.detail} for c in result.checks]
+    path = atomic_write_json(folder / "verify.json", {"ok": result.ok, "weights_match": result.weights_match,
+                                                      "rederived": result.rederived, "checks": lines,
+                                                      "message": result.message()}, allow_nan=True)
     if not result.ok:
         raise StepFailed(f"step {step.name!r}: {result.message()}")
     return [path]

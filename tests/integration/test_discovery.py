@@ -2,6 +2,7 @@
 ACDC and exact against the planted circuits, resumable ACDC, selection and ROC by hand."""
 
 import itertools
+import re
 import json
 
 import pytest
@@ -28,6 +29,7 @@ from mechwork.discovery import (
     verify,
 )
 from mechwork.discovery import acdc as acdc_module
+from mechwork.discovery import exact as exact_module
 from mechwork.graph import Graph, ablation_values, masked_forward
 from mechwork.hooks import path_patching
 from mechwork.hooks._runner import embed
@@ -59,29 +61,35 @@ def test_exact_layer_pieces_equal_rerunning_the_block(tiny, tiny_pair, position,
     """exact's default computes only what an ablation changes in its destination layer (one head's q, k
     or v; the MLP alone; the last block at the metric position only); rerunning whole blocks is the
     reference. A metric position before the end checks the causal masking of the pieces."""
-    from mechwork.discovery._exact_fast import _CHECKED
+    from mechwork.discovery._exact_fast import fast_exact_for
 
     clean, corrupted = tiny_pair
     metric = mechwork.metrics.LogitDiff(position=position, answers=clean[:, 1], wrong=clean[:, 2])
     graph = Graph.from_model(tiny, positions=clean.shape[1] if by_position else None)
     task = DiscoveryTask(clean, corrupted, metric)
-    pieces = discover(tiny, graph, task, "exact", nodes=False, max_rows=40)
-    assert _CHECKED[tiny], "the layer pieces should reproduce a GPT-2 block"
+    resid_pre = exact_module._clean_run(tiny, graph, task).resid_pre
+    assert fast_exact_for(tiny, resid_pre, position) is not None, "the pieces should reproduce a GPT-2 block"
+    pieces = discover(tiny, graph, task, "exact", nodes=False, max_rows=40)  # a fallback would warn: an error here
     whole = discover(tiny, graph, task, "exact", nodes=False, pieces=False, max_rows=40)
     torch.testing.assert_close(pieces.scores, whole.scores, atol=2e-5, rtol=1e-4)
     assert pieces.scores.abs().max() > 1e-3  # the comparison is not between zeros (50x the tolerance)
 
 
-def test_exact_falls_back_when_the_pieces_do_not_reproduce_the_model(tiny, tiny_pair, tiny_task, monkeypatch):
+def test_exact_says_so_when_the_pieces_do_not_reproduce_the_model(tiny, tiny_pair, tiny_task, monkeypatch):
+    """Pieces that are wrong for a model (here: attention scaled by 1 instead of 1/sqrt(d_head)) are caught
+    on the clean run, with a warning naming the model and the difference; the scores are still exact."""
     from mechwork.discovery import _exact_fast
+    from mechwork.models import SlowPathWarning
 
     reference = discover(tiny, Graph.from_model(tiny), tiny_task, "exact", nodes=False, pieces=False)
     real = _exact_fast._Weights.of
     monkeypatch.setattr(_exact_fast._Weights, "of", classmethod(
         lambda cls, model: type(real(model))(**{**real(model).__dict__, "scales": (1.0,) * 3})))
-    monkeypatch.setattr(_exact_fast, "_CHECKED", _exact_fast.weakref.WeakKeyDictionary())
-    assert _exact_fast.fast_exact_for(tiny, [embed(tiny, tiny_pair[0])] * 4, -1) is None
-    fallback = discover(tiny, Graph.from_model(tiny), tiny_task, "exact", nodes=False)
+    resid_pre = exact_module._clean_run(tiny, Graph.from_model(tiny), tiny_task).resid_pre
+    with pytest.warns(SlowPathWarning, match=r"do not reproduce .*max difference"):
+        assert _exact_fast.fast_exact_for(tiny, resid_pre, -1) is None
+    with pytest.warns(SlowPathWarning, match=re.escape(str(tiny.mechwork_spec))):
+        fallback = discover(tiny, Graph.from_model(tiny), tiny_task, "exact", nodes=False)
     torch.testing.assert_close(fallback.scores, reference.scores)
 
 
@@ -230,8 +238,8 @@ def test_circuit_file_round_trip_verify_and_errors(lookup, tmp_path):
     data = json.loads(path.read_text())
     data["faithfulness"]["value"] -= 0.25  # a file whose claim does not reproduce
     bad = Circuit.from_dict(data)
-    result = verify(bad, lookup)
-    assert not result.ok and "NOT reproduce" in result.message()
+    result = verify(bad, lookup, rederive=False)
+    assert not result.ok and "NOT reproduce" in result.message() and "FAIL faithfulness" in result.message()
     data["model"]["weights_sha256"] = "0" * 64
     assert not verify(Circuit.from_dict(data), lookup).weights_match
     (tmp_path / "broken.json").write_text('{"schema": "mechwork.circuit",\n "version": 1,, }')
@@ -255,3 +263,31 @@ def test_acdc_from_the_destination_layer_finds_the_same_circuit(tiny, tiny_task)
     whole = discover(tiny, graph, tiny_task, "acdc", threshold=1e-4, from_layer=False)
     assert fast.circuit == whole.circuit and 0 < len(fast.circuit) < graph.n_edges
     torch.testing.assert_close(fast.scores, whole.scores, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["exact", "acdc"])
+def test_verify_rederives_every_stated_number_and_names_the_line_that_disagrees(lookup, method):
+    """verify reruns the method from the file: a file edited in any one number a report shows is caught,
+    and the failing line is the one edited (the others still agree)."""
+    entry = mechwork.zoo.get_entry("lookup")
+    circuit = find_circuit(lookup, entry.task.data(8, seed=1), method, truth=entry.ground_truth(), nodes=False) \
+        if method == "exact" else find_circuit(lookup, entry.task.data(8, seed=1), method, truth=entry.ground_truth())
+    clean = verify(circuit, lookup)
+    assert clean.ok and clean.rederived, clean.message()
+    stated = {c.what for c in clean.checks}
+    assert {"edge scores", "circuit edges", "faithfulness", "faithfulness curve", "CPR", "CMD", "edge ROC AUC",
+            "node ROC AUC", "precision at planted size"} <= stated
+
+    def tampered(edit) -> set[str]:
+        data = circuit.to_dict()
+        edit(data)
+        return {c.what for c in verify(Circuit.from_dict(data), lookup).disagreements}
+
+    top = max(range(len(circuit.edges)), key=lambda i: abs(list(circuit.edges.values())[i]))
+    assert tampered(lambda d: d["edges"][top].update(score=d["edges"][top]["score"] + 0.5)) >= {"edge scores"}
+    assert tampered(lambda d: d["ground_truth"].update(edge_roc_auc=d["ground_truth"]["edge_roc_auc"] - 0.1)) == {
+        "edge ROC AUC"}
+    assert tampered(lambda d: d["faithfulness"]["curve"].update(cpr=d["faithfulness"]["curve"]["cpr"] + 0.05)) == {
+        "CPR"}
+    assert tampered(lambda d: d["circuit"].pop()) >= {"circuit edges"}
+    assert tampered(lambda d: d["ground_truth"].update(edges=d["ground_truth"]["edges"][1:])) == {"ground-truth edges"}
