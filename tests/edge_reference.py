@@ -11,13 +11,16 @@ import torch
 from mechwork._nodes import edge, head_node, mlp_node
 
 
-def all_edges(n_layers: int, n_heads: int) -> list[str]:
+def all_edges(n_layers: int, n_heads: int, parallel: bool = False) -> list[str]:
+    """Every edge, from the block's definition: heads read everything below their layer; the MLP also
+    reads its own layer's heads, except in a parallel block, where both read the block input."""
     edges, upstream = [], ["input"]
     for layer in range(n_layers):
         heads = [head_node(layer, h) for h in range(n_heads)]
         edges += [edge(src, dst, p) for dst in heads for p in "qkv" for src in upstream]
+        mlp_reads = upstream if parallel else upstream + heads
         upstream = upstream + heads
-        edges += [edge(src, mlp_node(layer)) for src in upstream]
+        edges += [edge(src, mlp_node(layer)) for src in mlp_reads]
         upstream = upstream + [mlp_node(layer)]
     return edges + [edge(src, "logits") for src in upstream]
 

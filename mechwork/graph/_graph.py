@@ -28,7 +28,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .._nodes import INPUT, LOGITS, edge, head_node, mlp_node, parse_node
-from ..models import structure_of
+from ..models import BlockLayout, structure_of
 
 PORTS = ("q", "k", "v")
 
@@ -42,15 +42,19 @@ class Graph:
     n_layers: int
     n_heads: int
     positions: int | None = None  # number of token positions when edges are resolved by position
+    # Attention and MLP both read the block's input (GPT-NeoX, GPT-J, ...): a layer's heads do not feed
+    # its own MLP, so there are no same-layer head -> MLP edges.
+    parallel: bool = False
 
     @classmethod
     def from_model(cls, model, *, positions: int | None = None) -> Graph:
         """The graph of ``model``; refuses (``UnsupportedModelError``, naming what is missing) a model whose
         block structure this graph does not describe, rather than give it wrong edges."""
-        structure_of(model).require_edge_graph()
+        structure = structure_of(model)
+        structure.require_edge_graph()
         if positions is not None and positions <= 0:
             raise ValueError(f"positions must be positive, got {positions}")
-        return cls(int(model.cfg.n_layers), int(model.cfg.n_heads), positions)
+        return cls(structure.n_layers, structure.n_heads, positions, structure.layout is BlockLayout.PARALLEL)
 
     # ---- sources -------------------------------------------------------------------------------
     @property
@@ -67,7 +71,8 @@ class Graph:
         return 1 + layer * (self.n_heads + 1)
 
     def n_sources_mlp(self, layer: int) -> int:
-        return self.n_sources_attn(layer) + self.n_heads
+        """Sources feeding layer ``layer``'s MLP: everything below it, and its own heads unless parallel."""
+        return self.n_sources_attn(layer) + (0 if self.parallel else self.n_heads)
 
     @cached_property
     def sources(self) -> tuple[str, ...]:

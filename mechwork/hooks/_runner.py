@@ -127,7 +127,7 @@ def run_layer_then_rest(
 
     ``layer == n_layers`` applies the hooks' edit nowhere: pass the final residual already edited.
     """
-    if not _resumable(model):
+    if layer < n_layers(model) and not _resumable(model):
         with hook_flags(model, **flags), hooked(model, layer_hooks):
             logits = _fallback_from(model, resid, layer)
         return logits[:, position] if position is not None else logits

@@ -87,9 +87,6 @@ class ModelStructure:
     def edge_graph_gaps(self) -> list[str]:
         """What the edge graph and patch-mask engine lack for this structure (empty: supported)."""
         gaps = []
-        if self.layout is not BlockLayout.SEQUENTIAL:
-            gaps.append(f"{self.layout.value} attention/MLP blocks (the graph assumes the MLP reads the "
-                        "attention output of its own block)")
         if self.grouped_query:
             gaps.append(f"grouped-query attention ({self.n_heads} query heads, {self.n_kv_heads} key/value heads)")
         if self.mlp is MLPKind.MIXTURE_OF_EXPERTS:
