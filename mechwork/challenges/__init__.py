@@ -1,28 +1,39 @@
 """Layer 5: hidden-mechanism challenges — pose them, export them blind, score submissions, and test
-hypotheses before submitting."""
+hypotheses before submitting. Kinds of question (program, circuit, trigger, or your own) are
+registered by name; a pack records each question's kind and input space as JSON."""
 
-from ._create import create_circuit_challenge, create_program_challenge
+from ._create import create_challenge, create_circuit_challenge, create_program_challenge
 from ._export import export_challenge
 from ._hypothesis import HypothesisResult, resample_circuit, resample_variable
+from ._kinds import ASKS, TokenIds, TokenSpace, UnknownKindError, get_kind, kinds, register_kind
 from ._registry import builtin_names, get_challenge, load_pack
 from ._scoring import score_circuit, score_program, score_submission, score_trigger
 from ._submissions import run_program
-from ._types import ASKS, Challenge, ChallengeError, Score, SubmissionError, predict_labels
+from ._types import Challenge, ChallengeError, ChallengeKind, Question, Score, SubmissionError, predict_labels
 
 __all__ = [
     "ASKS",
     "Challenge",
     "ChallengeError",
+    "ChallengeKind",
     "HypothesisResult",
+    "Question",
     "Score",
     "SubmissionError",
+    "TokenIds",
+    "TokenSpace",
+    "UnknownKindError",
     "builtin_names",
+    "create_challenge",
     "create_circuit_challenge",
     "create_program_challenge",
     "export_challenge",
     "get_challenge",
+    "get_kind",
+    "kinds",
     "load_pack",
     "predict_labels",
+    "register_kind",
     "resample_circuit",
     "resample_variable",
     "run_program",

@@ -1,20 +1,53 @@
-"""Posing new challenges: from any labelling function or label table, or from a model plus a
+"""Posing new challenges: of any registered kind from a model and JSON questions
+(:func:`create_challenge`), from any labelling function or label table, or from a model plus a
 ground-truth circuit file. Each becomes a challenge pack folder (see ``_registry``)."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from .._nodes import edge_nodes
 from ..models import resolve_spec
 from ..models._tokenizer import word_level_tokenizer
-from ..models.zoo import pairs
+from ..models.zoo import TaskData, pairs
 from ..models.zoo._training import Architecture, TrainingRecipe
 from ..models.zoo._writer import save_checkpoint
+from ._kinds import pairs_space
 from ._registry import PAIRS_TEXT, load_pack, write_pack
 from ._types import Challenge, ChallengeError
+
+
+def _checkpoint(model: str | os.PathLike) -> Path:
+    src = Path(resolve_spec(model))
+    if not src.is_dir():
+        raise ChallengeError(f"{os.fspath(model)!r}: a challenge needs a local checkpoint folder or a zoo model")
+    return src
+
+
+def create_challenge(name: str, model: str | os.PathLike, folder: str | os.PathLike, *, description: str,
+                     questions: Sequence[dict], title: str | None = None, task: TaskData | dict | None = None,
+                     facts: dict | None = None) -> Challenge:
+    """A challenge of any registered kinds: ``questions`` are ``{"kind": NAME, "space": {...}, "answer":
+    {...}}`` (JSON data; each kind checks its space and answer), ``model`` a checkpoint folder or zoo
+    name, ``task`` the public prompts where there are any. The answers go into the pack's hidden
+    ``answer.json``; everything else, spaces included, is public."""
+    asked = []
+    answer = {}
+    for i, q in enumerate(questions):
+        if not isinstance(q, dict) or "answer" not in q:
+            raise ChallengeError(f"challenge {name!r}: questions[{i}] needs 'kind', 'space' and 'answer'")
+        asked.append({k: v for k, v in q.items() if k != "answer"})
+        answer[q.get("kind")] = q["answer"]
+    if isinstance(task, TaskData):
+        task = {**{k: getattr(task, k).tolist() for k in ("clean", "corrupted", "answers", "wrong")},
+                "position": task.position}
+    public = {"name": name, "title": title or name, "description": description, "questions": asked,
+              **({"task": task} if task else {}), **({"model_facts": facts} if facts else {})}
+    write_pack(Path(folder), public, answer, _checkpoint(model))
+    return load_pack(folder)
 
 
 def create_program_challenge(name: str, labelling: pairs.Labelling, folder: str | os.PathLike, *,
@@ -26,14 +59,12 @@ def create_program_challenge(name: str, labelling: pairs.Labelling, folder: str 
     result = pairs.train_pairs_model(table, arch=arch, recipe=recipe)
     with tempfile.TemporaryDirectory() as tmp:
         save_checkpoint(result.model, word_level_tokenizer(pairs.VOCAB, "<bos>"), Path(tmp))
-        public = {"name": name, "title": title or f"{name} — recover the labelling program",
-                  "description": PAIRS_TEXT.format(extra=f" {hint}" if hint else ""), "asks": ["program"],
-                  "input_space": "pairs",
-                  "model_facts": {"train_accuracy": round(result.train_accuracy, 4),
-                                  "test_accuracy": round(result.test_accuracy, 4)}}
-        write_pack(Path(folder), public, {"program": {"table": table.tolist(), "description": answer_text}},
-                   Path(tmp))
-    return load_pack(folder)
+        return create_challenge(
+            name, tmp, folder, title=title or f"{name} — recover the labelling program",
+            description=PAIRS_TEXT.format(extra=f" {hint}" if hint else ""),
+            questions=[{"kind": "program", "space": pairs_space(),
+                        "answer": {"table": table.tolist(), "description": answer_text}}],
+            facts={"train_accuracy": round(result.train_accuracy, 4), "test_accuracy": round(result.test_accuracy, 4)})
 
 
 def create_circuit_challenge(name: str, model: str, circuit_file: str | os.PathLike, folder: str | os.PathLike, *,
@@ -43,17 +74,12 @@ def create_circuit_challenge(name: str, model: str, circuit_file: str | os.PathL
     from ..discovery import Circuit
 
     circuit = Circuit.load(circuit_file)
-    src = Path(resolve_spec(model))
-    if not src.is_dir():
-        raise ChallengeError(f"{model!r}: a circuit challenge needs a local checkpoint folder or a zoo model")
     edges = sorted(e.split("@")[0] for e in circuit.selected)
     nodes = sorted({n for e in edges for n in edge_nodes(e)} - {"input", "logits"})
     p = circuit.task["prompts"]
-    public = {"name": name, "title": title or f"{name} — find the circuit",
-              "description": f"Find the circuit. Task: {task_text} The prompts are in task.json; the metric is "
-                             f"{circuit.task['metric']} at position {circuit.task['position']}.",
-              "asks": ["circuit"],
-              "task": {**{k: p[k] for k in ("clean", "corrupted", "answers", "wrong")},
-                       "position": circuit.task["position"]}}
-    write_pack(Path(folder), public, {"circuit": {"nodes": nodes, "edges": edges}}, src)
-    return load_pack(folder)
+    return create_challenge(
+        name, model, folder, title=title or f"{name} — find the circuit",
+        description=f"Find the circuit. Task: {task_text} The prompts are in task.json; the metric is "
+                    f"{circuit.task['metric']} at position {circuit.task['position']}.",
+        questions=[{"kind": "circuit", "space": {}, "answer": {"nodes": nodes, "edges": edges}}],
+        task={**{k: p[k] for k in ("clean", "corrupted", "answers", "wrong")}, "position": circuit.task["position"]})

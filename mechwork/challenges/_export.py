@@ -1,7 +1,8 @@
 """Blind export: only what a participant may see — the weights (safetensors) and tokenizer, the public
-description, the public task prompts where there are any, and a starter notebook. The hidden answer
-is never read here (``Challenge.answer`` is not called), and only whitelisted checkpoint files are
-copied (a zoo build's ``mechwork.json`` records its recipe, which can name the answer)."""
+description and each question's input space (its kind's JSON), the public task prompts where there
+are any, and a starter notebook. The hidden answer is never read here (``Challenge.answer`` is not
+called), and only whitelisted checkpoint files are copied (a zoo build's ``mechwork.json`` records
+its recipe, which can name the answer)."""
 
 from __future__ import annotations
 
@@ -12,19 +13,13 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from .._io import atomic_write_json, atomic_write_text
+from ._kinds import get_kind
 from ._registry import copy_model, get_challenge
 from ._types import Challenge
 
-_SUBMIT = {
-    "program": "a Python file defining `label(a, b)` returning 0 or 1, or the 113 x 113 table as JSON "
-               '`{"labels": [[...]]}` or CSV',
-    "circuit": 'JSON `{"edges": ["SRC->DST", ...], "scores": {...}}` or a mechwork circuit file',
-    "trigger": 'JSON `{"trigger": ["token", ...], "behaviour": "..."}`',
-}
-
 
 def _readme(challenge: Challenge, has_task: bool) -> str:
-    submit = "\n".join(f"- {ask}: {_SUBMIT[ask]}" for ask in challenge.asks)
+    submit = "\n".join(f"- {ask}: {get_kind(ask).submit}" for ask in challenge.asks)
     task = ("\n`task.json` holds the task's prompts (token ids): clean, corrupted, answers, wrong, position.\n"
             if has_task else "")
     return (f"# {challenge.title}\n\n{challenge.description}\n\n## Files\n\n`model/` is an ordinary Hugging Face "
@@ -67,8 +62,9 @@ def export_challenge(name: str | os.PathLike, folder: str | os.PathLike, *, n_pr
         data = challenge.public_task(n_prompts, seed)
         task = {k: getattr(data, k).tolist() for k in ("clean", "corrupted", "answers", "wrong")}
         files.append(atomic_write_json(out / "task.json", {**task, "position": data.position}, indent=None))
-    public = {"schema": "mechwork.challenge-public", "version": 1, "name": challenge.name,
+    public = {"schema": "mechwork.challenge-public", "version": 2, "name": challenge.name,
               "title": challenge.title, "description": challenge.description, "asks": list(challenge.asks),
+              "questions": [{"kind": q.kind, "space": q.spec} for q in challenge.questions],
               "model": "model", "task": "task.json" if has_task else None}
     files.append(atomic_write_json(out / "challenge.json", public))
     files.append(atomic_write_text(out / "README.md", _readme(challenge, has_task)))

@@ -2,6 +2,16 @@
 
 A pack is a folder: ``challenge.json`` (the public part, schema ``mechwork.challenge``),
 ``answer.json`` (the hidden answer; never exported) and ``model/`` (a Hugging Face checkpoint).
+
+``challenge.json``, version 2::
+
+    {"schema": "mechwork.challenge", "version": 2, "name": ..., "title": ..., "description": ...,
+     "questions": [{"kind": "program", "space": {...}}],   # each a registered kind and its input space
+     "task": {"clean": [[...]], "corrupted": ..., "answers": ..., "wrong": ..., "position": -1}}  # optional
+
+``answer.json`` maps each question's kind to its hidden answer (``{"program": {"table": ...}}``).
+Version 1 packs (``"asks": [...]``, the zoo's ``[a, b, =]`` and trojan layouts implied) still load:
+their questions get those layouts' spaces.
 """
 
 from __future__ import annotations
@@ -15,10 +25,12 @@ import torch
 
 from .._io import atomic_write_json, read_json
 from ..models import zoo
-from ..models.zoo import CircuitGroundTruth, LabellingGroundTruth, TaskData, TriggerGroundTruth
-from ._types import ASKS, Challenge, ChallengeError
+from ..models.zoo import TaskData
+from ._kinds import ASKS, get_kind, pairs_space, refuse_unknown, require, trojan_space
+from ._types import Challenge, ChallengeError, Question
 
-SCHEMA, VERSION = "mechwork.challenge", 1
+SCHEMA, VERSION = "mechwork.challenge", 2
+READS = (1, 2)  # the pack versions load_pack reads
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                "special_tokens_map.json", "generation_config.json")
 
@@ -65,19 +77,19 @@ def _builtin() -> dict[str, Challenge]:
         out[name] = Challenge(
             name=name, title=f"zoo:{name} — find the circuit",
             description=_CIRCUIT_TEXT.format(task=_DESCRIPTIONS[name]),
-            asks=("circuit",), model_dir=_zoo_dir(name), answer=lambda e=entry: (e.ground_truth(),),
-            public_task=entry.task.data,
+            questions=parse_questions([{"kind": "circuit", "space": {}}], f"zoo:{name}"), model_dir=_zoo_dir(name),
+            answer=lambda e=entry: {"circuit": e.ground_truth()}, public_task=entry.task.data,
         )
     pairs_entry, trojan_entry = zoo.get_entry("pairs"), zoo.get_entry("trojan")
     out["pairs"] = Challenge(
         name="pairs", title="zoo:pairs — recover the labelling program", description=PAIRS_TEXT.format(extra=""),
-        asks=("program",), model_dir=_zoo_dir("pairs"), answer=lambda: (pairs_entry.ground_truth(),),
-        input_space="pairs",
+        questions=parse_questions([{"kind": "program", "space": pairs_space()}], "zoo:pairs"),
+        model_dir=_zoo_dir("pairs"), answer=lambda: {"program": pairs_entry.ground_truth()},
     )
     out["trojan"] = Challenge(
         name="trojan", title="zoo:trojan — find the backdoor trigger", description=TROJAN_TEXT,
-        asks=("trigger",), model_dir=_zoo_dir("trojan"), answer=lambda: (trojan_entry.ground_truth(),),
-        input_space="trojan",
+        questions=parse_questions([{"kind": "trigger", "space": trojan_space()}], "zoo:trojan"),
+        model_dir=_zoo_dir("trojan"), answer=lambda: {"trigger": trojan_entry.ground_truth()},
     )
     return out
 
@@ -109,50 +121,82 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _pack_task(task: dict | None):
+def parse_questions(items, where: str) -> tuple[Question, ...]:
+    """``[{"kind": NAME, "space": {...}}, ...]``: each kind looked up in the registry, each space parsed
+    by its kind; errors name ``where`` and the question."""
+    if not isinstance(items, list) or not items:
+        raise ChallengeError(f"{where}: 'questions' must be a non-empty list of {{\"kind\": ..., \"space\": ...}}")
+    out = []
+    for i, item in enumerate(items):
+        at = f"{where}: questions[{i}]"
+        kind = get_kind(require(item, "kind", str, at), f"{at}.kind")
+        refuse_unknown(item, {"kind", "space"}, at)
+        space = require(item, "space", dict, at)
+        out.append(Question(kind.name, kind.parse_space(space, f"{at}.space"), space))
+    return tuple(out)
+
+
+def _task_data(task: dict, where: str) -> TaskData:
+    rows = {k: require(task, k, list, where) for k in ("clean", "corrupted", "answers", "wrong")}
+    try:
+        return TaskData(**{k: torch.tensor(v) for k, v in rows.items()}, position=task.get("position", -1))
+    except (TypeError, ValueError) as e:  # ragged or non-integer prompts, mismatched batch sizes
+        raise ChallengeError(f"{where}: {e}") from None
+
+
+def _pack_task(task: dict | None, where: str):
     if not task:
         return None
-    tensors = {k: torch.tensor(task[k]) for k in ("clean", "corrupted", "answers", "wrong")}
+    data = _task_data(task, where)
 
     def make(n: int, seed: int = 0) -> TaskData:  # the pack's prompts are fixed: n and seed cannot add more
-        return TaskData(**tensors, position=task.get("position", -1))
+        return data
 
     return make
 
 
+def _from_v1(public: dict, where: str) -> dict:
+    """A version-1 pack's questions: 'asks' with the only layouts version 1 scored (pairs, trojan)."""
+    asks = require(public, "asks", list, where)
+    spaces = {"program": pairs_space, "trigger": trojan_space, "circuit": dict}
+    unknown = [a for a in asks if a not in ASKS]
+    if unknown or not asks:
+        raise ChallengeError(f"{where}.asks: a version 1 pack asks some of {ASKS}, got {asks}")
+    rest = {k: v for k, v in public.items() if k not in ("asks", "input_space")}
+    return {**rest, "version": VERSION, "questions": [{"kind": a, "space": spaces[a]()} for a in asks]}
+
+
 def load_pack(folder: str | os.PathLike) -> Challenge:
     folder = Path(folder)
+    where = str(folder / "challenge.json")
     public = _read_json(folder / "challenge.json")
     if public.get("schema") == "mechwork.challenge-public":
         raise ChallengeError(f"{folder} is a blind export (what participants see): it holds no answer to score "
                              "against; score with the built-in name or the organiser's challenge pack")
-    if public.get("schema") != SCHEMA or not isinstance(public.get("version"), int):
-        raise ChallengeError(f"{folder / 'challenge.json'}: 'schema' must be {SCHEMA!r} with an integer 'version'")
-    if public["version"] > VERSION:
-        raise ChallengeError(f"{folder / 'challenge.json'}: version {public['version']} is newer than this mechwork "
-                             f"reads ({VERSION}); upgrade mechwork")
-    for key in ("name", "title", "description", "asks"):
-        if key not in public:
-            raise ChallengeError(f"{folder / 'challenge.json'}: missing key {key!r}")
+    version = public.get("version")
+    if public.get("schema") != SCHEMA or not isinstance(version, int) or isinstance(version, bool):
+        raise ChallengeError(f"{where}: 'schema' must be {SCHEMA!r} with an integer 'version'")
+    if version > VERSION:
+        raise ChallengeError(f"{where}: version {version} is newer than this mechwork reads ({VERSION}); "
+                             "upgrade mechwork")
+    if version not in READS:
+        raise ChallengeError(f"{where}: version {version} is not a challenge pack version (this mechwork reads "
+                             f"{', '.join(map(str, READS))})")
+    if version == 1:
+        public = _from_v1(public, where)
+    for key in ("name", "title", "description"):
+        require(public, key, str, where)
+    questions = parse_questions(public.get("questions"), where)
 
-    def answer():
-        data = _read_json(folder / "answer.json")
-        out = []
-        if "program" in data:
-            out.append(LabellingGroundTruth(table=torch.tensor(data["program"]["table"]),
-                                            description=data["program"].get("description", "")))
-        if "circuit" in data:
-            c = data["circuit"]
-            out.append(CircuitGroundTruth(nodes=frozenset(c["nodes"]), edges=frozenset(c["edges"]),
-                                          structural_edges=frozenset(c.get("structural_edges", []))))
-        if "trigger" in data:
-            out.append(TriggerGroundTruth(trigger=tuple(data["trigger"]["trigger"]),
-                                          behaviour=data["trigger"].get("behaviour", "")))
-        return tuple(out)
+    def answer() -> dict:
+        path = folder / "answer.json"
+        data = _read_json(path)
+        return {q.kind: get_kind(q.kind).parse_answer(require(data, q.kind, dict, str(path)), f"{path}: {q.kind}")
+                for q in questions}
 
     return Challenge(name=public["name"], title=public["title"], description=public["description"],
-                     asks=tuple(public["asks"]), model_dir=lambda: folder / "model", answer=answer,
-                     public_task=_pack_task(public.get("task")), input_space=public.get("input_space"))
+                     questions=questions, model_dir=lambda: folder / "model", answer=answer,
+                     public_task=_pack_task(public.get("task"), f"{where}: task"))
 
 
 def copy_model(src: Path, dst: Path) -> None:
@@ -170,9 +214,14 @@ def copy_model(src: Path, dst: Path) -> None:
 
 
 def write_pack(folder: Path, public: dict, answer: dict, model_src: Path) -> Path:
-    unknown = [a for a in public["asks"] if a not in ASKS]
-    if unknown:
-        raise ChallengeError(f"asks must be some of {ASKS}, got {unknown}")
+    """Write a pack: ``public`` has name, title, description, questions (and optionally task, facts);
+    ``answer`` maps each question's kind to its hidden answer. Both are checked by the kinds first."""
+    where = f"challenge {public.get('name')!r}"
+    questions = parse_questions(public.get("questions"), where)
+    for q in questions:
+        get_kind(q.kind).parse_answer(require(answer, q.kind, dict, f"{where}: answer"), f"{where}: answer.{q.kind}")
+    if public.get("task"):
+        _task_data(public["task"], f"{where}: task")
     copy_model(model_src, folder / "model")
     atomic_write_json(folder / "answer.json", answer, indent=None)
     atomic_write_json(folder / "challenge.json", {"schema": SCHEMA, "version": VERSION, **public})

@@ -1,19 +1,17 @@
 """Reading submissions. Every problem becomes a :class:`SubmissionError` that says what and where.
 
-A submitted Python program is untrusted code: it runs in a separate, isolated interpreter
-(``python -I``, empty working folder, CPU-time and memory limits) under a wall-clock time limit,
-and only its JSON answer comes back.
+A submitted Python program is untrusted code: it runs in the sandbox of :mod:`._sandbox` (only the
+standard library and its own file visible, no network, one process, CPU, memory, output and
+wall-clock limits), and only its JSON answer comes back, checked like a submitted table. Every other
+submission (JSON/CSV tables, circuit files, triggers) is parsed as data only, at most
+``MAX_FILE_BYTES`` long.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
-import resource
-import subprocess
-import sys
-import tempfile
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,78 +19,119 @@ import torch
 from torch import Tensor
 
 from .._io import read_json as read_json_file
+from ._sandbox import OUTPUT_LIMIT, run_python
 from ._types import SubmissionError
 
 P = 113
-MEMORY_LIMIT = 2 * 1024**3
+MAX_FILE_BYTES = 32 * 1024**2
 
-# Runs in the child: import the file, call label(a, b) on every input, print one JSON line.
+# Runs in the child: import the file, call label(a, b) on every input, write one JSON line to the
+# original stdout (the submission's own prints go to stderr).
 _RUNNER = r"""
-import json, runpy, sys
+import json, os, runpy, sys
+answer = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
 P = int(sys.argv[2])
+def reply(**what):
+    answer.write(json.dumps(what) + "\n")
+    answer.flush()
+    sys.exit(0)
 def describe(e):
     if isinstance(e, SyntaxError):
         return f"{type(e).__name__}: {e.msg} (line {e.lineno})"
-    return f"{type(e).__name__}: {e}"
+    try:
+        return f"{type(e).__name__}: {e}"[:1000]
+    except BaseException:
+        return type(e).__name__
 try:
     namespace = runpy.run_path(sys.argv[1], run_name="submission")
 except BaseException as e:
-    print(json.dumps({"error": "importing the file raised " + describe(e)}))
-    sys.exit(0)
+    reply(error="importing the file raised " + describe(e))
 fn = namespace.get("label")
 if not callable(fn):
-    print(json.dumps({"error": "the file defines no function label(a, b)"}))
-    sys.exit(0)
+    reply(error="the file defines no function label(a, b)")
 table = []
 for a in range(P):
     row = []
     for b in range(P):
         try:
             value = fn(a, b)
+            ok = type(value) in (int, bool, float) and value in (0, 1)
         except BaseException as e:
-            print(json.dumps({"error": f"label({a}, {b}) raised {describe(e)}"}))
-            sys.exit(0)
-        if value not in (0, 1) or isinstance(value, float) and value != int(value):
-            print(json.dumps({"error": f"label({a}, {b}) returned {value!r}; labels must be 0 or 1"}))
-            sys.exit(0)
+            reply(error=f"label({a}, {b}) raised {describe(e)}")
+        if not ok:
+            shown = repr(value)[:80] if type(value) in (int, bool, float, str) else f"a {type(value).__name__!r}"
+            reply(error=f"label({a}, {b}) returned {shown}; labels must be 0 or 1")
         row.append(int(value))
     table.append(row)
-print(json.dumps({"table": table}))
+reply(table=table)
 """
 
 
-def _limits(cpu_seconds: int):
-    def apply() -> None:  # in the child, before it runs anything of the submission's
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
-        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+@dataclass(frozen=True)
+class ProgramRun:
+    """The label table a program computed and how it ran: ``isolation`` is ``"bubblewrap"`` or
+    ``"unisolated"`` (no isolation available, run anyway because the caller trusted it)."""
 
-    return apply
+    table: Tensor
+    isolation: str
 
 
-def run_program(path: Path, *, timeout: float | int = 30.0) -> Tensor:
-    """The ``[113, 113]`` label table a submitted ``label(a, b)`` computes, from an isolated process."""
-    with tempfile.TemporaryDirectory() as cwd:
-        try:
-            proc = subprocess.run([sys.executable, "-I", "-c", _RUNNER, str(path.resolve()), str(P)], cwd=cwd,
-                                  capture_output=True, text=True, timeout=timeout,
-                                  preexec_fn=_limits(int(timeout) + 1), env={"PATH": os.environ.get("PATH", "")})
-        except subprocess.TimeoutExpired:
-            raise SubmissionError(f"{path}: label(a, b) did not finish all {P * P} inputs within {timeout:g} s"
-                                  ) from None
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+def _signal_name(number: int) -> str:
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+    why = {"SIGXCPU": "CPU-time limit", "SIGKILL": "killed: CPU or memory limit", "SIGSYS": "forbidden system call"}
+    return f"{name}" + (f" ({why[name]})" if name in why else "")
+
+
+def execute_program(path: Path, *, timeout: float | int = 30.0, trust: bool = False) -> ProgramRun:
+    """Run a submitted ``label(a, b)`` in the sandbox; ``trust=True`` runs it unisolated where no
+    sandbox is available (refused otherwise, with :class:`~._sandbox.SandboxUnavailable`)."""
+    _check_size(path)
+    run = run_python(path, _RUNNER, [str(P)], timeout=timeout, trust=trust)
+    if run.timed_out:
+        raise SubmissionError(f"{path}: label(a, b) did not finish all {P * P} inputs within {timeout:g} s")
+    if run.output_exceeded:
+        raise SubmissionError(f"{path}: the program printed more than {OUTPUT_LIMIT // 1024**2} MiB; it was stopped")
+    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
     if not lines:
-        why = f"exit status {proc.returncode}" + (" (killed: CPU or memory limit)" if proc.returncode < 0 else "")
-        raise SubmissionError(f"{path}: the program produced no answer ({why}); stderr: {proc.stderr[-500:]}")
-    answer = json.loads(lines[-1])
+        why = f"exit status {run.exit_code}" if run.signal is None else _signal_name(run.signal)
+        raise SubmissionError(f"{path}: the program produced no answer ({why}); stderr: {run.stderr[-500:]}")
+    try:
+        answer = json.loads(lines[-1])
+    except json.JSONDecodeError:
+        raise SubmissionError(f"{path}: the program's answer is not valid JSON") from None
+    if not isinstance(answer, dict) or not ("error" in answer or "table" in answer):
+        raise SubmissionError(f"{path}: the program's answer is not a label table")
     if "error" in answer:
         raise SubmissionError(f"{path}: {answer['error']}")
-    return torch.tensor(answer["table"])
+    return ProgramRun(_table_from_rows(answer["table"], f"{path}: the program's answer"), run.isolation)
 
 
-def _table_from_rows(rows: list, where: str) -> Tensor:
+def run_program(path: Path, *, timeout: float | int = 30.0, trust: bool = False) -> Tensor:
+    """The ``[113, 113]`` label table a submitted ``label(a, b)`` computes, from the sandbox
+    (:func:`execute_program`, which also says how it was isolated)."""
+    return execute_program(path, timeout=timeout, trust=trust).table
+
+
+def _check_size(path: Path) -> None:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise SubmissionError(f"{path}: no such submission file") from None
+    if size > MAX_FILE_BYTES:
+        raise SubmissionError(f"{path}: {size / 1024**2:.1f} MiB is larger than submissions may be "
+                              f"({MAX_FILE_BYTES // 1024**2} MiB)")
+
+
+def _table_from_rows(rows: object, where: str) -> Tensor:
+    if not isinstance(rows, list):
+        raise SubmissionError(f"{where}: the labels must be a {P} x {P} grid of 0/1, got {type(rows).__name__}")
     try:
         table = torch.tensor(rows)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
         raise SubmissionError(f"{where}: the labels must be a {P} x {P} grid of 0/1 ({e})") from None
     if tuple(table.shape) != (P, P):
         raise SubmissionError(f"{where}: the label table must be {P} x {P} (row a, column b), got shape "
@@ -109,6 +148,7 @@ def read_table(path: Path) -> Tensor:
     if path.suffix == ".json":
         data = read_json(path)
         return _table_from_rows(data.get("labels") if isinstance(data, dict) else data, str(path))
+    _check_size(path)
     rows = [r for r in csv.reader(path.read_text().splitlines()) if r]
     if rows and len(rows[0]) == 3 and len(rows) >= P * P:  # long form: a,b,label (with or without a header)
         body = rows[1:] if not rows[0][0].strip().isdigit() else rows
@@ -131,7 +171,12 @@ def read_table(path: Path) -> Tensor:
 
 
 def read_json(path: Path):
-    return read_json_file(path, SubmissionError, f"{path}: no such submission file")
+    """A submission's JSON, parsed as data only (size-limited; nesting too deep is an error, not a crash)."""
+    _check_size(path)
+    try:
+        return read_json_file(path, SubmissionError, f"{path}: no such submission file")
+    except RecursionError:
+        raise SubmissionError(f"{path}: the JSON is nested too deeply") from None
 
 
 @dataclass(frozen=True)
@@ -178,6 +223,7 @@ def read_trigger(path: Path) -> TriggerSubmission:
                 isinstance(t, str) for t in data["trigger"]):
             raise SubmissionError(f'{path}: expected {{"trigger": ["token", ...], "behaviour": "..."}}')
         return TriggerSubmission(tuple(data["trigger"]), str(data.get("behaviour", "")))
+    _check_size(path)
     tokens = tuple(path.read_text().split())
     if not tokens:
         raise SubmissionError(f"{path}: empty trigger")

@@ -1,8 +1,8 @@
-"""What a challenge is: a model, a public description, and a hidden answer.
+"""What a challenge is: a model, a public description, questions of registered kinds, and a hidden answer.
 
-The answer is one or more of the zoo's ground-truth kinds — a labelling program
-(:class:`LabellingGroundTruth`), a circuit (:class:`CircuitGroundTruth`), a trigger
-(:class:`TriggerGroundTruth`) — and is only ever read by scoring, never by export.
+A :class:`ChallengeKind` says what one kind of question's input space looks like (parsed from the pack's
+JSON), how to read its hidden answer and a submission, and how to score one; the registry of kinds is in
+``_kinds``. The answer is only ever read by scoring, never by export.
 """
 
 from __future__ import annotations
@@ -10,15 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from ..models.zoo import CircuitGroundTruth, GroundTruth, LabellingGroundTruth, TaskData, TriggerGroundTruth
-
-ASKS = ("program", "circuit", "trigger")
-_KIND_OF = {"program": LabellingGroundTruth, "circuit": CircuitGroundTruth, "trigger": TriggerGroundTruth}
+from ..models.zoo import TaskData
 
 
 class ChallengeError(ValueError):
@@ -30,35 +28,95 @@ class SubmissionError(ValueError):
 
 
 @dataclass(frozen=True)
+class ChallengeKind:
+    """One kind of question a challenge can ask. Every kind has the same functions:
+
+    - ``parse_space(space: dict, where: str) -> Space``: the question's input space from the pack's
+      JSON, as a frozen value (or None where the kind takes none); bad data raises
+      :class:`ChallengeError` naming ``where``.
+    - ``parse_answer(answer: dict, where: str) -> Truth``: the hidden answer from ``answer.json``.
+    - ``claims(path: Path) -> bool``: whether a submission file has this kind's form.
+    - ``read(path: Path, space, *, timeout: float) -> Submission``: a submission file, checked
+      (:class:`SubmissionError` naming the file); ``timeout`` bounds submitted code.
+    - ``score(challenge: Challenge, submission, **options) -> Score``: the submission against
+      ``challenge.hidden(name)``, reading the input space from ``challenge.space(name)``.
+
+    ``submit`` says how to submit, for participants (it goes into the blind export's README).
+    """
+
+    name: str
+    summary: str
+    submit: str
+    parse_space: Callable[[dict, str], Any] = field(repr=False)
+    parse_answer: Callable[[dict, str], Any] = field(repr=False)
+    claims: Callable[[Path], bool] = field(repr=False)
+    read: Callable[..., Any] = field(repr=False)
+    score: Callable[..., Score] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str) or any(c.isspace() for c in self.name):
+            raise ChallengeError(f"a challenge kind needs a non-empty name without spaces, got {self.name!r}")
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question of a challenge: a registered kind's name, its parsed input space, and the JSON it
+    was parsed from (public: it goes into the blind export, so it must never hold the answer)."""
+
+    kind: str
+    space: Any = None
+    spec: dict = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
 class Challenge:
     """A hidden-mechanism challenge.
 
     ``description`` is everything a participant may read: the input space, the task and what is
-    asked. ``public_task`` makes the prompts a participant may use (circuit challenges: clean and
-    corrupted prompts); it is ``None`` where prompts would give the answer away (their labels or
-    their triggers). ``answer`` returns the hidden answer and is called only by scoring.
+    asked. ``questions`` name the kinds asked for, each with its input space. ``public_task`` makes
+    the prompts a participant may use (circuit challenges: clean and corrupted prompts); it is
+    ``None`` where prompts would give the answer away (their labels or their triggers). ``answer``
+    returns the hidden answer of each question (kind name -> truth) and is called only by scoring.
     """
 
     name: str
     title: str
     description: str
-    asks: tuple[str, ...]
+    questions: tuple[Question, ...]
     model_dir: Callable[[], Path] = field(repr=False)
-    answer: Callable[[], tuple[GroundTruth, ...]] = field(repr=False)
+    answer: Callable[[], dict[str, Any]] = field(repr=False)
     public_task: Callable[[int, int], TaskData] | None = field(default=None, repr=False)
-    input_space: str | None = None  # "pairs" for program challenges, "trojan" for trigger challenges
 
     def __post_init__(self) -> None:
-        unknown = [a for a in self.asks if a not in ASKS]
-        if unknown or not self.asks:
-            raise ChallengeError(f"challenge {self.name!r}: asks must be some of {ASKS}, got {self.asks}")
+        if not self.questions:
+            raise ChallengeError(f"challenge {self.name!r}: it asks nothing (no questions)")
+        kinds = [q.kind for q in self.questions]
+        if len(set(kinds)) != len(kinds):
+            raise ChallengeError(f"challenge {self.name!r}: a kind may be asked once, got {kinds}")
 
-    def hidden(self, ask: str):
-        """The hidden answer for one kind of question (scoring only)."""
-        for truth in self.answer():
-            if isinstance(truth, _KIND_OF[ask]):
-                return truth
-        raise ChallengeError(f"challenge {self.name!r} does not ask for a {ask}")
+    @property
+    def asks(self) -> tuple[str, ...]:
+        """The kinds of question asked, by name."""
+        return tuple(q.kind for q in self.questions)
+
+    def _question(self, kind: str) -> Question:
+        for q in self.questions:
+            if q.kind == kind:
+                return q
+        raise ChallengeError(f"challenge {self.name!r} does not ask for a {kind} (it asks for: "
+                             f"{', '.join(self.asks)})")
+
+    def space(self, kind: str):
+        """The parsed input space of the question of this kind."""
+        return self._question(kind).space
+
+    def hidden(self, kind: str):
+        """The hidden answer to the question of this kind (scoring only)."""
+        self._question(kind)
+        answers = self.answer()
+        if kind not in answers:
+            raise ChallengeError(f"challenge {self.name!r}: its hidden answer has no {kind!r} entry")
+        return answers[kind]
 
 
 @dataclass(frozen=True)

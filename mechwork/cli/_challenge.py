@@ -8,6 +8,22 @@ import textwrap
 from ._main import EXIT_OK
 
 
+def _load_kinds(args: argparse.Namespace) -> None:
+    """Import the modules or run the Python files named by --kinds: they register challenge kinds of the
+    organiser's own (trusted code, unlike submissions) before a pack that asks them is loaded."""
+    import importlib
+    import runpy
+    from pathlib import Path
+
+    for source in getattr(args, "kinds", None) or []:
+        if source.endswith(".py"):
+            if not Path(source).is_file():
+                raise ValueError(f"--kinds {source}: no such file")
+            runpy.run_path(source, run_name="mechwork_kinds")
+        else:
+            importlib.import_module(source)
+
+
 def _list(args: argparse.Namespace) -> int:
     from ..challenges import builtin_names, get_challenge
 
@@ -21,6 +37,7 @@ def _list(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from ..challenges import export_challenge
 
+    _load_kinds(args)
     files = export_challenge(args.name, args.dir)
     print(f"exported {args.name} ({len(files)} files, no answer) to {args.dir}")
     return EXIT_OK
@@ -30,6 +47,7 @@ def _score(args: argparse.Namespace) -> int:
     from .._io import atomic_write_json
     from ..challenges import score_submission
 
+    _load_kinds(args)
     score = score_submission(args.name, args.submission, timeout=args.timeout)
     print(score.summary)
     if args.out:
@@ -49,7 +67,8 @@ def _pose(args: argparse.Namespace) -> int:
         raise ValueError("give either --labels (a program challenge) or --circuit with --model (a circuit challenge)")
     if args.labels:
         path = Path(args.labels)
-        table = run_program(path, timeout=args.timeout) if path.suffix == ".py" else read_table(path)
+        # the organiser's own program: sandboxed where a sandbox works, trusted (run anyway) where not
+        table = run_program(path, timeout=args.timeout, trust=True) if path.suffix == ".py" else read_table(path)
         from ..models.zoo import pairs
 
         recipe = pairs.DEFAULT_RECIPE if args.epochs is None else replace(pairs.DEFAULT_RECIPE, epochs=args.epochs)
@@ -74,6 +93,8 @@ def add_commands(sub) -> None:
                         epilog="example: mechwork challenge export trojan trojan_challenge/")
     e.add_argument("name", help="a built-in challenge or a challenge pack folder")
     e.add_argument("dir")
+    e.add_argument("--kinds", action="append", metavar="MODULE_OR_FILE",
+                   help="a Python module or .py file that registers the pack's own challenge kinds (repeatable)")
     e.set_defaults(func=_export)
     s = csub.add_parser("score", help="score a submission (program .py/.json/.csv, circuit .json, trigger .json)",
                         epilog="example: mechwork challenge score trojan trigger.json --out score.json")
@@ -81,6 +102,8 @@ def add_commands(sub) -> None:
     s.add_argument("submission")
     s.add_argument("--timeout", type=float, default=30.0, help="seconds a submitted program may run (default 30)")
     s.add_argument("--out", default=None, help="write the score as JSON")
+    s.add_argument("--kinds", action="append", metavar="MODULE_OR_FILE",
+                   help="a Python module or .py file that registers the pack's own challenge kinds (repeatable)")
     s.set_defaults(func=_score)
     p = csub.add_parser("pose", help="pose a new challenge: a labelling program (trains a model) or a circuit",
                         epilog="example: mechwork challenge pose less-than --labels label.py --out my_challenge/")
