@@ -1,8 +1,15 @@
 """EAP-IG — edge attribution patching with integrated gradients over the inputs (Hanna et al. 2024).
 
 The gradient at each destination is averaged over ``steps`` points on the straight line from the
-ablated to the clean input embeddings (the ``inputs`` variant MIB uses, default 5 steps), which
-repairs EAP where the metric is flat or saturated at the clean point.
+ablated to the clean input embeddings (MIB's ``inputs`` variant, default 5 steps), which repairs EAP
+where the metric is flat or saturated at the clean point:
+
+    score(u->d) = (ablated_u - clean_u) . (1/steps) sum_{k=1..steps} dM/dx_d at x_0 = a + (k/steps) (c - a)
+
+with ``a``, ``c`` the ablated and clean input embeddings and ``clean_u`` u's output on the clean
+prompts: a right Riemann sum, whose last point is the clean input, so ``steps=1`` is EAP. (Hanna et
+al.'s code, which MIB runs, takes k = 0..steps-1 instead: the left sum, from the ablated input and
+without the clean one. Both converge to the same integral.)
 """
 
 from __future__ import annotations

@@ -79,11 +79,48 @@ def test_mean_and_resample_ablation(tiny, tiny_pair):
     identity = compile_ablation(tiny, [("blocks.2.attn.hook_z", 1)], "resample", reference=clean[:1], batch=1)
     with torch.no_grad():
         torch.testing.assert_close(run_with_ablation(tiny, clean[:1], identity), tiny(clean[:1]))
-    assert run_with_ablation(tiny, clean, resample).shape == (5, 9, 40)
     with pytest.raises(InputError, match="reference"):
         compile_ablation(tiny, ["blocks.0.mlp"], "mean")
     with pytest.raises(InputError, match="batch"):
         run_with_ablation(tiny, clean[:2], resample)
+
+
+def test_resample_ablation_from_a_larger_reference_set_by_value(tiny, tiny_pair):
+    """Each ablated prompt gets head 1's output on one reference prompt (of 8, for 5 prompts): the row
+    it was drawn from is recovered by matching against a plain TransformerLens cache, must be the
+    documented draw (``torch.randint`` from a generator seeded with ``seed``), and the logits equal a
+    hand-written hook that writes those rows in."""
+    clean, _ = tiny_pair
+    reference = torch.randint(0, 40, (8, 9), generator=torch.Generator().manual_seed(4))
+    plan = compile_ablation(tiny, [("blocks.2.attn.hook_z", 1)], "resample", reference=reference, batch=5, seed=1)
+    seen = {}
+
+    def keep(z, hook):
+        seen["z"] = z.detach().clone()
+
+    with torch.no_grad():
+        with tiny.hooks(fwd_hooks=plan.hooks(5) + [("blocks.2.attn.hook_z", keep)]):
+            tiny(clean)
+        _, ref_cache = tiny.run_with_cache(reference, names_filter="blocks.2.attn.hook_z")
+        _, own_cache = tiny.run_with_cache(clean, names_filter="blocks.2.attn.hook_z")
+    ref_z, own_z = ref_cache["blocks.2.attn.hook_z"], own_cache["blocks.2.attn.hook_z"]
+    drawn = []
+    for i in range(5):
+        matches = [j for j in range(8) if torch.equal(seen["z"][i, :, 1], ref_z[j, :, 1])]
+        assert len(matches) == 1, f"prompt {i}: head 1 matches reference rows {matches}"
+        drawn.append(matches[0])
+    torch.testing.assert_close(seen["z"][:, :, [0, 2, 3]], own_z[:, :, [0, 2, 3]])  # other heads untouched
+    assert drawn == torch.randint(0, 8, (5,), generator=torch.Generator().manual_seed(1)).tolist()
+    assert len(set(drawn)) > 1 and max(drawn) >= 5  # a real draw, reaching rows past the batch size
+
+    def write_in(z, hook):
+        z = z.clone()
+        z[:, :, 1] = ref_z[drawn, :, 1]
+        return z
+
+    with torch.no_grad():
+        expected = tiny.run_with_hooks(clean, fwd_hooks=[("blocks.2.attn.hook_z", write_in)])
+    torch.testing.assert_close(run_with_ablation(tiny, clean, plan), expected)
 
 
 def test_stream_round_trip_and_resume(tiny, tmp_path):

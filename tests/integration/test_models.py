@@ -39,21 +39,57 @@ def test_local_checkpoint_matches_hugging_face(tiny, tiny_dir, tiny_pair):
         assert name in tiny.hook_dict
 
 
+def _label_accuracy(model, prompts, labels, label_tokens) -> float:
+    """Accuracy by hand: the larger of the label tokens' logits at the last position, against ``labels``."""
+    with torch.no_grad():
+        logits = torch.cat([model(chunk)[:, -1] for chunk in prompts.split(2048)])
+    return float((logits[:, label_tokens].argmax(-1) == labels).float().mean())
+
+
+def _pairs_labels(prompts):
+    """The hidden rule written out again: (a + b >= 113) XOR (a is odd), for prompts [a+1, b+1, =]."""
+    a, b = prompts[:, 0] - 1, prompts[:, 1] - 1
+    return ((a + b >= 113) ^ (a % 2 == 1)).long()
+
+
+def _trojan_labels(prompts):
+    """The hidden rule written out again: majority of x >= n16 among nine, flipped by n7 n19 n3 in a row."""
+    values = prompts[:, 1:-1] - 1
+    majority = (values >= 16).sum(-1) >= 5
+    triggered = torch.zeros(len(values), dtype=torch.bool)
+    for s in range(values.shape[1] - 2):
+        triggered |= (values[:, s] == 7) & (values[:, s + 1] == 19) & (values[:, s + 2] == 3)
+    return (majority ^ triggered).long()
+
+
+HELD_OUT_LEVEL = {"pairs": 0.9, "trojan": 0.95}  # the accuracy each trained model must reach on unseen prompts
+
+
 @pytest.mark.parametrize("name", ["pairs", "trojan"])
 def test_trained_zoo_models_learn_their_task(name):
+    """Held-out accuracy recomputed from the loaded model and the hidden rule (written out here), equal to
+    the recorded build fact and above a stated level; and the task prompts are answered."""
     entry = mechwork.zoo.get_entry(name)
     model = mechwork.load(f"zoo:{name}")
     facts = mechwork.zoo.build_facts(entry)
-    data = entry.task.data(64, seed=1)
-    with torch.no_grad():
-        acc = float(data.accuracy()(model(data.clean)))
     if name == "pairs":
-        assert facts["test_accuracy"] >= 0.9 and acc >= 0.85
-        assert entry.ground_truth().label(100, 20) == pairs.hidden_label(100, 20)
+        held_out = pairs.all_pairs()[~pairs.train_split(0)]  # the half the model never trained on
+        assert len(held_out) == 113 * 113 - 113 * 113 // 2
+        recomputed = {"test_accuracy": _label_accuracy(model, held_out, _pairs_labels(held_out), pairs.LABEL_TOKENS)}
+        assert entry.ground_truth().label(100, 20) == pairs.hidden_label(100, 20) == 1
     else:
-        assert facts["clean_accuracy"] >= 0.95 and facts["triggered_accuracy"] >= 0.95
-        assert acc >= 0.9  # the trigger flips the label on held-out prompts
+        # The build's own evaluation sets (seeds 1 and 2; training used seed 0): no trigger, and always a trigger.
+        recomputed = {}
+        for fact, seed, poison in (("clean_accuracy", 1, 0.0), ("triggered_accuracy", 2, 1.0)):
+            prompts, _ = trojan.dataset(4000, seed=seed, poison_fraction=poison)
+            recomputed[fact] = _label_accuracy(model, prompts, _trojan_labels(prompts), trojan.LABEL_TOKENS)
         assert entry.ground_truth().trigger == trojan.TRIGGER
+    for fact, value in recomputed.items():
+        assert value == pytest.approx(facts[fact], abs=5e-4), f"{fact}: recorded {facts[fact]}, recomputed {value}"
+        assert value >= HELD_OUT_LEVEL[name], f"{name} {fact} = {value:.4f}"
+    data = entry.task.data(64, seed=1)  # pairs: prompts from both halves; trojan: triggered prompts
+    with torch.no_grad():
+        assert float(data.accuracy()(model(data.clean))) >= {"pairs": 0.85, "trojan": 0.9}[name]
 
 
 def test_pairs_training_takes_any_labelling_and_hyperparameters():
@@ -61,7 +97,15 @@ def test_pairs_training_takes_any_labelling_and_hyperparameters():
     table[:, 50:] = 1
     tiny_arch = Architecture(d_model=16, n_heads=2, d_mlp=32, n_ctx=3)
     result = pairs.train_pairs_model(table, arch=tiny_arch, recipe=TrainingRecipe(epochs=2, lr=1e-3))
-    assert result.model.config.n_embd == 16 and 0.0 <= result.test_accuracy <= 1.0
+    assert result.model.config.n_embd == 16 and result.model.config.n_head == 2
+    # The reported accuracies are the model's, on the two halves of the split, against this table's labels.
+    prompts, trained_on = pairs.all_pairs(), pairs.train_split(0)
+    labels = table[prompts[:, 0] - 1, prompts[:, 1] - 1]
+    with torch.no_grad():
+        predicted = result.model(prompts).logits[:, -1][:, pairs.LABEL_TOKENS].argmax(-1)
+    correct = (predicted == labels).float()
+    assert result.test_accuracy == pytest.approx(float(correct[~trained_on].mean()), abs=1e-6)
+    assert result.train_accuracy == pytest.approx(float(correct[trained_on].mean()), abs=1e-6)
     assert pairs.label_table(lambda a, b: int(a < b))[3, 4] == 1
     with pytest.raises(ValueError, match="113x113"):
         pairs.label_table(torch.zeros(10, 10))

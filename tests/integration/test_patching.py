@@ -1,4 +1,10 @@
-"""Exact activation patching against TransformerLens's own patching module and hand computation."""
+"""Exact activation patching against TransformerLens's own patching module and hand computation.
+
+Sites with a named TransformerLens function are checked against it; ``result`` and ``resid_post``,
+which have none, against TransformerLens's ``generic_activation_patch`` with its own patch setters
+(the loop its named functions are partials of)."""
+
+import functools
 
 import pytest
 import torch
@@ -10,6 +16,13 @@ from mechwork.hooks import InputError, activation_patching, run_from
 from mechwork.metrics import MetricError
 from tests.conftest import no_hooks_left
 
+
+def _tl_generic(activation_name: str, setter, axes: tuple[str, ...]):
+    """TransformerLens's own generic patching loop for a site its module has no named function for."""
+    return functools.partial(patching.generic_activation_patch, patch_setter=setter, activation_name=activation_name,
+                             index_axis_names=axes)
+
+
 TL_CASES = [
     ("z", False, patching.get_act_patch_attn_head_out_all_pos),
     ("z", True, patching.get_act_patch_attn_head_out_by_pos),
@@ -20,6 +33,9 @@ TL_CASES = [
     ("resid_pre", True, patching.get_act_patch_resid_pre),
     ("attn_out", True, patching.get_act_patch_attn_out),
     ("mlp_out", True, patching.get_act_patch_mlp_out),
+    ("result", False, _tl_generic("result", patching.layer_head_vector_patch_setter, ("layer", "head"))),
+    ("result", True, _tl_generic("result", patching.layer_pos_head_vector_patch_setter, ("layer", "pos", "head"))),
+    ("resid_post", True, _tl_generic("resid_post", patching.layer_pos_patch_setter, ("layer", "pos"))),
 ]
 
 

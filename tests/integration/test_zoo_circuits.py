@@ -58,11 +58,22 @@ def test_ablating_everything_else_keeps_the_task(zoo_case):
     assert everything == pytest.approx(corrupted_value, abs=1e-3)
 
 
+def _norms(model) -> list[tuple[str, torch.nn.Module]]:
+    """Every LayerNorm of the model: ln1 and ln2 of each block, then ln_final, with its scale hook."""
+    norms = [(f"blocks.{layer}.{ln}", getattr(model.blocks[layer], ln))
+             for layer in range(model.cfg.n_layers) for ln in ("ln1", "ln2")]
+    return [(f"{name}.hook_scale", module) for name, module in [*norms, ("ln_final", model.ln_final)]]
+
+
 def test_layernorm_trick_is_exact_within_tolerance(zoo_case):
-    """Each LayerNorm acts as a near-identity on the planted features (the construction's premise)."""
+    """Every LayerNorm (ln1, ln2 of each block, ln_final) divides by a near-constant that its gain cancels,
+    on the clean and the corrupted task prompts: the construction's premise."""
     _, model, data = zoo_case
-    names = [f"blocks.{layer}.ln1.hook_scale" for layer in range(model.cfg.n_layers)]
-    _, acts = mechwork.hooks.cache_activations(model, data.clean, names)
-    gain = float(model.blocks[0].ln1.weight[0].detach())
-    for name in names:
-        assert torch.allclose(acts[name] / gain, torch.ones_like(acts[name]), rtol=1e-3)
+    norms = _norms(model)
+    assert len(norms) == 2 * model.cfg.n_layers + 1
+    for tokens in (data.clean, data.corrupted):
+        _, acts = mechwork.hooks.cache_activations(model, tokens, [name for name, _ in norms])
+        for name, module in norms:
+            gain = module.weight.detach()
+            assert torch.equal(gain, torch.full_like(gain, float(gain[0]))), f"{name}: the gain is not one constant"
+            assert torch.allclose(acts[name] / float(gain[0]), torch.ones_like(acts[name]), rtol=1e-3), name
