@@ -1,10 +1,17 @@
-"""Shared benchmark helpers: a GPT-2-small-shaped random model booted through the bridge, and timing."""
+"""Shared benchmark helpers: random GPT-2-shaped models booted through the bridge, repeated timings, and the
+target report (each line states its target and ``met`` / ``MISSED``; ``--check`` exits 1 on a miss)."""
 
 from __future__ import annotations
 
+import argparse
+import datetime
 import os
+import platform
 import statistics
+import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,48 +23,30 @@ import mechwork  # noqa: E402
 from mechwork.models._tokenizer import word_level_tokenizer  # noqa: E402
 
 BENCH_DIR = Path(os.environ.get("MECHWORK_BENCH_DIR", "bench_out"))
+GPT2_VOCAB = 50257
 
 
-def gpt2_small_random(seed: int = 0):
-    """GPT2Config() (12 layers x 12 heads, d_model 768) with random weights, saved and booted locally."""
-    folder = BENCH_DIR / "gpt2-small-random"
+# ---- models -------------------------------------------------------------------------------------
+def random_gpt2(name: str, seed: int = 0, **config):
+    """A GPT-2 with random weights (``GPT2Config(**config)``), saved once under ``bench_out/`` and booted
+    through ``mechwork.load`` like any local checkpoint."""
+    folder = BENCH_DIR / name
     if not (folder / "config.json").is_file():
         torch.manual_seed(seed)
-        GPT2LMHeadModel(GPT2Config()).save_pretrained(folder)
-        word_level_tokenizer([f"t{i}" for i in range(50257)], "t0").save_pretrained(folder)
+        cfg = GPT2Config(**config)
+        GPT2LMHeadModel(cfg).save_pretrained(folder)
+        word_level_tokenizer([f"t{i}" for i in range(cfg.vocab_size)], "t0").save_pretrained(folder)
     return mechwork.load(folder, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def gpt2_small_random(seed: int = 0):
+    """``GPT2Config()`` (12 layers x 12 heads, d_model 768, vocab 50257) with random weights."""
+    return random_gpt2("gpt2-small-random", seed)
 
 
-def device_line() -> str:
-    if torch.cuda.is_available():
-        return f"device: {torch.cuda.get_device_name()}"
-    return f"device: CPU, {torch.get_num_threads()} threads"
-
-
-def bench_arguments(description: str):
-    """The arguments every benchmark shares (batch, sequence length, repeats); scripts add their own."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
-    return parser
+def describe(model) -> str:
+    c = model.cfg
+    return f"{c.n_layers} layers x {c.n_heads} heads, d_model {c.d_model}, vocab {c.d_vocab}"
 
 
 def random_prompt_pair(model, batch: int, seq: int):
@@ -71,3 +60,144 @@ def random_prompt_pair(model, batch: int, seq: int):
     clean = torch.randint(0, vocab, (batch, seq), device=device)
     corrupted = torch.randint(0, vocab, (batch, seq), device=device)
     return clean, corrupted, LogitDiff(position=-1, answers=clean[:, 0], wrong=corrupted[:, 0])
+
+
+# ---- timing -------------------------------------------------------------------------------------
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def clock(fn: Callable[[], object]) -> float:
+    """Seconds one call of ``fn`` takes."""
+    _sync()
+    start = time.perf_counter()
+    fn()
+    _sync()
+    return time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Repeated measurements of one quantity: their median and range."""
+
+    values: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def fmt(self, scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
+        """``"3.12 (2.90-3.40, n=5)"``, values multiplied by ``scale``."""
+        lo, hi = min(self.values) * scale, max(self.values) * scale
+        text = f"{self.median * scale:.{digits}f}{unit}"
+        if len(self.values) > 1:
+            text += f" ({lo:.{digits}f}-{hi:.{digits}f}, n={len(self.values)})"
+        return text
+
+
+def timings(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Spread:
+    for _ in range(warmup):
+        fn()
+    return Spread(tuple(clock(fn) for _ in range(repeats)))
+
+
+def paired_ratio(fn: Callable[[], object], baseline: Callable[[], object], repeats: int,
+                 warmup: int = 1) -> tuple[Spread, Spread, Spread]:
+    """(fn seconds, baseline seconds, fn / baseline per back-to-back pair): each ratio compares two runs
+    made moments apart, so a change in the machine's load moves both."""
+    for _ in range(warmup):
+        baseline()
+        fn()
+    pairs = [(clock(fn), clock(baseline)) for _ in range(repeats)]
+    return (Spread(tuple(a for a, _ in pairs)), Spread(tuple(b for _, b in pairs)),
+            Spread(tuple(a / b for a, b in pairs)))
+
+
+def minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
+
+
+# ---- the report ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Target:
+    """``value <op> bound``, e.g. ``Target("<=", 4, " forwards")``; ``Target("in", 0.8, hi=1.25)`` for a range."""
+
+    op: str
+    bound: float
+    unit: str = ""
+    hi: float | None = None
+
+    def met(self, value: float) -> bool:
+        if self.op == "in":
+            return self.bound <= value <= self.hi
+        return {"<=": value <= self.bound, "<": value < self.bound,
+                ">=": value >= self.bound, ">": value > self.bound}[self.op]
+
+    def __str__(self) -> str:
+        if self.op == "in":
+            return f"in [{self.bound:g}, {self.hi:g}]{self.unit}"
+        return f"{self.op} {self.bound:g}{self.unit}"
+
+
+@dataclass
+class Report:
+    """Benchmark lines; a line with a target ends in ``met`` or ``MISSED``."""
+
+    title: str
+    lines: list[tuple[str, bool | None]] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    def header(self, *parts: str) -> None:
+        now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"== {self.title} | {now} | {device_line()} | {os.cpu_count()} cores visible | load average "
+              f"(1, 5, 15 min) {load} | torch {torch.__version__}, python {platform.python_version()}")
+        for part in parts:
+            print(f"   {part}")
+        sys.stdout.flush()
+
+    def note(self, text: str) -> None:
+        print(f"   {text}")
+        sys.stdout.flush()
+
+    def result(self, what: str, value: float, shown: str, target: Target | None = None, how: str = "measured",
+               detail: str = "") -> bool | None:
+        """One line: ``what [how]: shown | detail | target T: met``. ``value`` is compared with the target."""
+        ok = None if target is None else target.met(value)
+        text = f"{what} [{how}]: {shown}"
+        if detail:
+            text += f" | {detail}"
+        if target is not None:
+            text += f" | target {target}: {'met' if ok else 'MISSED'}"
+        print(f"{text}  [at {minutes(time.perf_counter() - self.started)}, load {os.getloadavg()[0]:.1f}]")
+        sys.stdout.flush()
+        self.lines.append((text, ok))
+        return ok
+
+    def finish(self, check: bool) -> int:
+        missed = [text for text, ok in self.lines if ok is False]
+        met = sum(1 for _, ok in self.lines if ok)
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        took = minutes(time.perf_counter() - self.started)
+        print(f"== {self.title}: {met} targets met, {len(missed)} MISSED | {took} in all | load average now {load}")
+        for text in missed:
+            print(f"   MISSED: {text.split(' [')[0]}")
+        return 1 if check and missed else 0
+
+
+def device_line() -> str:
+    if torch.cuda.is_available():
+        return f"device: {torch.cuda.get_device_name()}"
+    return f"device: CPU, {torch.get_num_threads()} threads"
+
+
+def bench_arguments(description: str) -> argparse.ArgumentParser:
+    """The arguments every benchmark shares; scripts add their own."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats of each quick measurement")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run: fewer repeats and samples")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    return parser

@@ -1,137 +1,238 @@
-"""Discovery benchmarks on a GPT-2-small-shaped model (32,491 edges); prints medians and ratios from one process.
+"""Discovery benchmarks: measured where a run fits a benchmark, extrapolated (and the extrapolation checked) where not.
 
-    python benchmarks/discovery.py [--batch 8] [--seq 16] [--repeats 3]
+    python benchmarks/discovery.py [--quick] [--check] [--batch 8 --seq 16 --repeats 5 --samples 3]
 
-Exact patching of all 32,491 edges takes tens of minutes on 2 CPU cores, so its rate is measured on
-one full chunk of every destination group (every layer's q/k/v group, every MLP, the logits) and the
-total is the sum over groups of (edges in group / that group's measured rate). The naive baseline
-(one full forward with plain TransformerLens hooks per edge) is timed on edges spread over the layers.
+Part 1, a small random GPT-2 (4 layers x 8 heads, d_model 256, vocab 5,000, so the unembedding is about the
+same share of a forward as in GPT-2 small; 1,519 edges): exact patching of every edge, the naive loop over
+every edge and ACDC testing every edge are each run in full and timed, and the sampling procedure of
+``_extrapolate.py`` is run on the same model; the ratio extrapolated / measured checks the procedure.
+
+Part 2, GPT-2 small's shape (``GPT2Config()``, random weights, 32,491 edges): EAP and circuit evaluation
+measured as ratios to a plain forward (back-to-back pairs); exact patching, the naive loop and ACDC from
+the same sampling procedure, labelled ``extrapolated`` (a full exact run is ~30 min here, naive ~3 h).
+Every line with a target ends in ``met`` or ``MISSED``; ``--check`` exits 1 when one is missed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
+import sys
 import time
 
 import torch
-from _common import bench_arguments, device_line, gpt2_small_random, median_seconds, random_prompt_pair
+from _common import (
+    Report,
+    Spread,
+    Target,
+    bench_arguments,
+    describe,
+    gpt2_small_random,
+    paired_ratio,
+    random_gpt2,
+    random_prompt_pair,
+    timings,
+)
+from _extrapolate import (
+    acdc_every_edge,
+    full_exact,
+    full_naive,
+    group_samples,
+    sampled_exact,
+    sampled_naive,
+)
 
-import mechwork
-from mechwork.discovery import DiscoveryTask, discover, task_from_data
-from mechwork.discovery._exact_fast import fast_exact_for
-from mechwork.discovery._scoring import CircuitEvaluator
-from mechwork.discovery.exact import _clean_run, _group_edges, _run_chunk
+from mechwork.discovery import CircuitEvaluator, DiscoveryTask, discover
 from mechwork.graph import Graph
-from mechwork.hooks._runner import hook_flags
+
+SPEEDUP = Target(">=", 5, "x")
+ACDC_GPT2 = Target("<", 30, " min")
+EAP = Target("<=", 4, " forwards")
+CIRCUIT = Target("<=", 1.5, " forwards")
+AGREE = Target("<=", 1e-4)
+EXTRAPOLATION = Target("in", 0.8, hi=1.25)  # extrapolated / measured on the small model
 
 
-def naive_edge_seconds(model, graph, clean, corrupted, edges) -> float:
-    """One forward per edge with TL hooks: the edge's destination input gets corrupted-minus-clean of its source."""
-    import sys
-
-    sys.path.insert(0, ".")
-    from tests.edge_reference import run_with_edges_ablated
-
-    times = []
-    for name in edges:
-        start = time.perf_counter()
-        run_with_edges_ablated(model, clean, corrupted, {name})
-        times.append(time.perf_counter() - start)
-    # run_with_edges_ablated also runs the corrupted prompts once per call (a naive loop would cache
-    # that): count only the patched forward, i.e. half of each call.
-    return statistics.median(times) / 2
-
-
-def exact_rate(model, graph, task, max_rows: int, pieces: bool = True) -> tuple[float, float]:
-    """(estimated seconds for every edge, edges per second) from one chunk of every destination group.
-
-    ``pieces``: exact's default (only what the ablation changes in the destination layer); off: the
-    destination block rerun whole through the bridge (the previous implementation, for comparison)."""
-    ablated = task.ablated(model, graph)
-    clean = _clean_run(model, graph, task)
-    fast = fast_exact_for(model, clean.resid_pre, task.position) if pieces else None
-    if pieces and fast is None:
-        raise RuntimeError("the layer-piece path did not reproduce this model's blocks")
-    deltas = clean.outputs - ablated
-    per_chunk = max(1, max_rows // task.clean.shape[0])
-    total = 0.0
-    groups = [(layer, kind) for layer in range(graph.n_layers) for kind in ("attn", "mlp")] + [(None, "logits")]
-    with torch.no_grad():
-        for layer, kind in groups:
-            layout = _group_edges(graph, layer, kind)
-            chunk = layout[:per_chunk]
-            start = time.perf_counter()
-            _run_chunk(model, graph, task, clean, deltas, layer, kind, chunk, fast)
-            per_edge = (time.perf_counter() - start) / len(chunk)
-            total += per_edge * len(layout)
-    return total, graph.n_edges / total
+@contextlib.contextmanager
+def edge_hooks_off(model):
+    """The bridge's per-head edge hooks (result, split q/k/v, MLP input) off: the fastest plain forward."""
+    cfg = model.cfg
+    saved = (bool(cfg.use_attn_result), bool(cfg.use_split_qkv_input), bool(cfg.use_hook_mlp_in))
+    model.set_use_attn_result(False)
+    model.set_use_split_qkv_input(False)
+    model.set_use_hook_mlp_in(False)
+    try:
+        yield
+    finally:
+        model.set_use_attn_result(saved[0])
+        model.set_use_split_qkv_input(saved[1])
+        model.set_use_hook_mlp_in(saved[2])
 
 
-def acdc_trial_estimate(model, graph, task, repeats: int) -> tuple[float, float]:
-    """Estimated seconds for ACDC to test every edge once on this model: (whole-model trials, trials
-    started at the destination's layer), from the median trial time per destination layer."""
-    from mechwork.discovery import acdc as acdc_module
-
-    whole = acdc_module._Loss(model, graph, task, "kl", from_layer=False)
-    layered = acdc_module._Loss(model, graph, task, "kl", from_layer=True)
-    mask = graph.full_mask(1.0)
-    dst_node = graph.endpoint_tensor[:, 1]
-    t_whole = median_seconds(lambda: whole(mask), repeats=repeats)
-    total = 0.0
-    for layer in range(graph.n_layers + 1):
-        lo = graph.n_sources_attn(layer) if layer < graph.n_layers else graph.n_sources
-        hi = graph.n_sources_attn(layer + 1) if layer + 1 < graph.n_layers else graph.n_sources + 1
-        count = int(((dst_node >= lo) & (dst_node < hi)).sum())
-        total += count * median_seconds(lambda layer=layer: layered(mask, layer), repeats=repeats)
-    return t_whole * graph.n_edges, total
+def forward_baseline(model, tokens, repeats: int) -> Spread:
+    with torch.no_grad(), edge_hooks_off(model):
+        return timings(lambda: model(tokens), repeats=repeats)
 
 
-def main() -> None:
-    parser = bench_arguments("discovery benchmarks")
-    parser.add_argument("--max-rows", type=int, default=512)
-    args = parser.parse_args()
-    model = gpt2_small_random()
-    clean, corrupted, metric = random_prompt_pair(model, args.batch, args.seq)
+def spread_of(values) -> Spread:
+    return Spread(tuple(values))
+
+
+def warn_lines(report: Report, messages: list[str]) -> None:
+    for message in messages:
+        report.note(f"WARNING from mechwork: {message}")
+
+
+# ---- part 1: the small model, where every run is measured in full ----------------------------------
+def small_model_check(report: Report, args) -> dict[str, float]:
+    """Returns extrapolated / measured per procedure (exact, naive, acdc, speed-up)."""
+    if args.quick:
+        model = random_gpt2("gpt2-2x128-random", n_layer=2, n_embd=128, n_head=4, vocab_size=1000)
+    else:
+        model = random_gpt2("gpt2-4x256-random", n_layer=4, n_embd=256, n_head=8, vocab_size=5000)
     graph = Graph.from_model(model)
+    clean, corrupted, metric = random_prompt_pair(model, args.batch, args.seq)
     task = DiscoveryTask(clean, corrupted, metric)
-    print(device_line(), f"| batch {args.batch} x {args.seq} tokens | GPT2Config() random weights via the bridge "
-          f"| {graph.n_edges} edges")
+    print(f"-- part 1: small random GPT-2 ({describe(model)}; {graph.n_edges} edges), batch {args.batch} x "
+          f"{args.seq} tokens: full runs measured, and the sampling procedure checked against them")
+    forward = forward_baseline(model, clean, args.repeats)
+    report.result("plain forward, edge hooks off (baseline)", forward.median, forward.fmt(1e3, 1, " ms"))
 
-    with torch.no_grad(), hook_flags(model, attn_result=False, split_qkv=False, mlp_in=False):
-        forward = median_seconds(lambda: model(clean), repeats=max(5, args.repeats))
-    print(f"plain bridge forward (edge hooks off): {forward * 1e3:.1f} ms")
+    runs = [full_exact(model, graph, task) for _ in range(args.full_repeats)]
+    warn_lines(report, runs[0][2])
+    exact_full = spread_of(r[0] for r in runs)
+    exact_est = [sampled_exact(model, graph, task) for _ in range(args.sample_repeats)]
+    exact_x = spread_of(e.total for e in exact_est)
+    naive_runs = [full_naive(model, graph, clean, corrupted, metric) for _ in range(args.full_repeats)]
+    naive_full = spread_of(r[0] for r in naive_runs)
+    naive_est = [sampled_naive(model, graph, clean, corrupted, metric, args.samples)
+                 for _ in range(args.sample_repeats)]
+    naive_x = spread_of(e.total for e in naive_est)
 
-    t_eap = median_seconds(lambda: discover(model, graph, task, "eap"), repeats=args.repeats)
-    print(f"EAP over all {graph.n_edges} edges: {t_eap * 1e3:.0f} ms = {t_eap / forward:.2f} forwards (target <= 4)")
+    diff = float((naive_runs[0][1] - runs[0][1]).abs().max())
+    report.result("naive loop vs discover(exact), every edge: max |score difference|", diff, f"{diff:.2e}", AGREE,
+                  detail=f"largest |score| {float(runs[0][1].abs().max()):.3g}")
+    report.result("exact patching, every edge (nodes=False)", exact_full.median, exact_full.fmt(1, 2, " s"),
+                  detail=f"{graph.n_edges / exact_full.median:.0f} edges/s, {exact_full.median / forward.median:.0f} "
+                         "forwards")
+    report.result("naive loop, every edge (one patched forward each)", naive_full.median, naive_full.fmt(1, 2, " s"),
+                  detail=f"{graph.n_edges / naive_full.median:.0f} edges/s")
+    speedup = naive_full.median / exact_full.median
+    report.result("exact vs naive, small model", speedup, f"{speedup:.2f}x")
+
+    ratios = {}
+    ratios["exact"] = exact_x.median / exact_full.median
+    report.result("exact, extrapolated from one spread chunk per group / measured", ratios["exact"],
+                  f"{ratios['exact']:.2f}", EXTRAPOLATION, how="check",
+                  detail=f"extrapolated {exact_x.fmt(1, 2, ' s')} from {exact_est[0].n_sampled} sampled edges")
+    ratios["naive"] = naive_x.median / naive_full.median
+    report.result(f"naive, extrapolated from {args.samples} edges per group / measured", ratios["naive"],
+                  f"{ratios['naive']:.2f}", EXTRAPOLATION, how="check",
+                  detail=f"extrapolated {naive_x.fmt(1, 2, ' s')}")
+    speedup_x = naive_x.median / exact_x.median
+    ratios["speedup"] = speedup_x / speedup
+    report.result("exact vs naive speed-up, extrapolated / measured", ratios["speedup"], f"{ratios['speedup']:.2f}",
+                  EXTRAPOLATION, how="check", detail=f"extrapolated speed-up {speedup_x:.2f}x")
+
+    acdc_full = [acdc_every_edge(model, graph, task)[0] for _ in range(args.full_repeats)]
+    acdc_est = [acdc_every_edge(model, graph, task, args.acdc_samples)[1] for _ in range(args.sample_repeats)]
+    acdc_m, acdc_x = spread_of(acdc_full), spread_of(e.total for e in acdc_est)
+    report.result("ACDC testing every edge (threshold -inf: nothing pruned)", acdc_m.median, acdc_m.fmt(1, 2, " s"),
+                  detail=f"{graph.n_edges} trials, {acdc_m.median / graph.n_edges * 1e3:.1f} ms each")
+    ratios["acdc"] = acdc_x.median / acdc_m.median
+    report.result(f"ACDC, extrapolated from {args.acdc_samples} trials per layer / measured", ratios["acdc"],
+                  f"{ratios['acdc']:.2f}", EXTRAPOLATION, how="check", detail=f"extrapolated {acdc_x.fmt(1, 2, ' s')}")
+
+    start = time.perf_counter()
+    default = discover(model, graph, task, "acdc")
+    seconds = time.perf_counter() - start
+    tested = int((default.scores != default.scores.min()).sum())
+    report.result("ACDC at its defaults (KL, threshold 0.01), for context", seconds, f"{seconds:.2f} s",
+                  detail=f"{len(default.circuit)} edges kept, about {tested} of {graph.n_edges} edges tested "
+                         "(the rest dropped with their disconnected node)")
+    return ratios
+
+
+# ---- part 2: GPT-2 small's shape --------------------------------------------------------------------
+def gpt2_small(report: Report, args, check: dict[str, float]) -> None:
+    model = gpt2_small_random()
+    graph = Graph.from_model(model)
+    clean, corrupted, metric = random_prompt_pair(model, args.batch, args.seq)
+    task = DiscoveryTask(clean, corrupted, metric)
+    print(f"-- part 2: GPT2Config() random weights ({describe(model)}; {graph.n_edges} edges), batch {args.batch} x "
+          f"{args.seq} tokens")
+
+    def forward():
+        with torch.no_grad(), edge_hooks_off(model):
+            model(clean)
+
+    base = forward_baseline(model, clean, args.repeats)
+    report.result("plain forward, edge hooks off (baseline)", base.median, base.fmt(1e3, 1, " ms"))
+
+    eap, fwd, ratio = paired_ratio(lambda: discover(model, graph, task, "eap"), forward, args.repeats)
+    report.result(f"EAP over all {graph.n_edges} edges (forwards, back-to-back pairs)", ratio.median, ratio.fmt(),
+                  EAP, detail=f"EAP {eap.fmt(1e3, 0, ' ms')}, forward {fwd.fmt(1e3, 0, ' ms')}")
 
     evaluator = CircuitEvaluator(model, graph, task)
-    g = torch.Generator().manual_seed(0)
-    mask = (torch.rand(graph.n_edges, generator=g) < 0.05).float()
-    t_circuit = median_seconds(lambda: evaluator.value(mask), repeats=max(5, args.repeats))
-    print(f"circuit evaluation (5% of edges kept, the rest ablated): {t_circuit * 1e3:.0f} ms = "
-          f"{t_circuit / forward:.2f} forwards (target <= 1.5)")
+    mask = (torch.rand(graph.n_edges, generator=torch.Generator().manual_seed(0)) < 0.05).float()
+    one, fwd, ratio = paired_ratio(lambda: evaluator.value(mask), forward, args.repeats)
+    report.result("circuit evaluation, 5% of edges kept, the rest ablated (forwards)", ratio.median, ratio.fmt(),
+                  CIRCUIT, detail=f"one circuit {one.fmt(1e3, 0, ' ms')}, forward {fwd.fmt(1e3, 0, ' ms')}")
 
-    whole_total, whole_rate = exact_rate(model, graph, task, args.max_rows, pieces=False)
-    total, rate = exact_rate(model, graph, task, args.max_rows)
-    sample = [graph.edges[i] for i in range(0, graph.n_edges, graph.n_edges // 6)][:6]
-    naive = naive_edge_seconds(model, graph, clean, corrupted, sample)
-    naive_total = naive * graph.n_edges
-    print(f"exact edge patching: {rate:.1f} edges/s (all edges ~{total / 60:.1f} min) | naive one forward per edge: "
-          f"{1 / naive:.1f} edges/s (~{naive_total / 60:.1f} min) | speed-up {naive_total / total:.2f}x (target >= 5x)"
-          f" | destination block rerun whole instead: {whole_rate:.1f} edges/s, {naive_total / whole_total:.2f}x")
+    exact_est, naive_est = [], []
+    within = group_samples(graph, max(1, 512 // args.batch))  # the edges exact samples: naive samples among them
+    for _ in range(args.sample_repeats):  # interleaved, so the load moves both
+        naive_est.append(sampled_naive(model, graph, clean, corrupted, metric, args.samples, within))
+        exact_est.append(sampled_exact(model, graph, task))
+    warn_lines(report, exact_est[0].warnings)
+    exact_x = spread_of(e.total for e in exact_est)
+    naive_x = spread_of(e.total for e in naive_est)
+    common = sorted(set(naive_est[0].sampled) & set(exact_est[0].sampled))
+    diff = max(abs(naive_est[0].sampled[i] - exact_est[0].sampled[i]) for i in common)
+    report.result(f"naive loop vs discover(exact) on {len(common)} sampled edges: max |score difference|", diff,
+                  f"{diff:.2e}", AGREE)
+    report.result("exact patching, every edge", exact_x.median, exact_x.fmt(1 / 60, 1, " min"), how="extrapolated",
+                  detail=f"{graph.n_edges / exact_x.median:.1f} edges/s; from {exact_est[0].n_sampled} edges, one "
+                         f"spread chunk per group (small-model check: x{check['exact']:.2f} of measured)")
+    report.result("naive loop, every edge", naive_x.median, naive_x.fmt(1 / 60, 0, " min"), how="extrapolated",
+                  detail=f"{graph.n_edges / naive_x.median:.1f} edges/s; {args.samples} edges per group "
+                         f"(small-model check: x{check['naive']:.2f})")
+    speedups = spread_of(n.total / e.total for n, e in zip(naive_est, exact_est, strict=True))
+    report.result("exact vs naive speed-up", speedups.median, speedups.fmt(unit="x"), SPEEDUP, how="extrapolated",
+                  detail=f"small-model check of the extrapolated speed-up: x{check['speedup']:.2f}")
 
-    acdc_whole, acdc_layered = acdc_trial_estimate(model, graph, task, args.repeats)
-    print(f"ACDC on this model, every edge tested once: ~{acdc_whole / 3600:.1f} h with whole-model trials, "
-          f"~{acdc_layered / 3600:.1f} h starting each trial at the destination's layer "
-          f"({acdc_whole / acdc_layered:.2f}x)")
+    acdc_est = [acdc_every_edge(model, graph, task, args.acdc_samples)[1] for _ in range(args.sample_repeats)]
+    acdc_x = spread_of(e.total / 60 for e in acdc_est)
+    trial = statistics.median(s for _, s in acdc_est[0].groups.values())
+    report.result("ACDC testing every edge on GPT-2 small's shape, 2 CPU cores" if torch.get_num_threads() == 2
+                  else f"ACDC testing every edge on GPT-2 small's shape, {torch.get_num_threads()} threads",
+                  acdc_x.median, acdc_x.fmt(1, 1, " min"), ACDC_GPT2, how="extrapolated",
+                  detail=f"{graph.n_edges} trials, median trial {trial * 1e3:.0f} ms; {args.acdc_samples} trials per "
+                         f"layer (small-model check: x{check['acdc']:.2f})")
 
-    induction = mechwork.load("zoo:induction")
-    data = mechwork.zoo.get_entry("induction").task.data(32, seed=0)
-    itask = task_from_data(induction, data, metric="kl")
-    igraph = Graph.from_model(induction)
-    t_acdc = median_seconds(lambda: discover(induction, igraph, itask, "acdc"), repeats=args.repeats)
-    print(f"ACDC on zoo:induction (32 prompts, KL, threshold 0.01): {t_acdc:.2f} s (target < 60 s)")
+
+def main() -> int:
+    parser = bench_arguments("discovery benchmarks")
+    parser.add_argument("--samples", type=int, default=3, help="naive-loop edges timed per destination group")
+    parser.add_argument("--acdc-samples", type=int, default=5, help="ACDC trials timed per destination layer")
+    parser.add_argument("--sample-repeats", type=int, default=3, help="repeats of each sampled extrapolation")
+    parser.add_argument("--full-repeats", type=int, default=3, help="repeats of each full run on the small model")
+    parser.add_argument("--skip-small", action="store_true", help="part 2 only (no extrapolation check)")
+    args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.samples, args.acdc_samples, args.sample_repeats, args.full_repeats = 3, 1, 2, 1, 1
+        args.batch, args.seq = 2, 8
+    report = Report("benchmarks/discovery.py" + (" --quick" if args.quick else ""))
+    report.header("timings: median (range, n runs); ratios against a plain forward with edge hooks off, same process",
+                  "[measured]: the whole run timed; [extrapolated]: from sampled parts (benchmarks/_extrapolate.py); "
+                  "[check]: extrapolated / measured on the small model")
+    nan = float("nan")
+    check = {"exact": nan, "naive": nan, "speedup": nan, "acdc": nan}
+    if not args.skip_small:
+        check = small_model_check(report, args)
+    gpt2_small(report, args, check)
+    return report.finish(args.check)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,7 +2,8 @@
 
 Used by the report tests: did the plotly figures draw SVG, was any JavaScript error (or dialog, e.g.
 an injected ``alert``) raised, and a screenshot as an artefact. Chromium is the Debian package that
-``.ci/run`` installs; the flags keep it from reaching the network.
+``make test`` installs where it can (the ``chromium_path`` fixture in ``conftest.py`` skips the tests
+that need it otherwise); the flags keep it from reaching the network.
 """
 
 from __future__ import annotations

@@ -66,3 +66,19 @@ def tiny_metric(tiny_pair):
 
 def no_hooks_left(model) -> bool:
     return all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values())
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    """The headless Chromium that the browser and static-export tests drive. Without one they are skipped
+    with one line saying how to get it, except under CI (``CI`` set), where that is a failure."""
+    from .browser import chromium
+
+    path = chromium()
+    if path is None:
+        why = ("no headless Chromium on PATH: `make test` installs Debian's `chromium` where it can (root or "
+               "passwordless sudo, with apt-get); elsewhere `sudo apt-get install chromium` enables these tests")
+        if os.environ.get("CI"):
+            pytest.fail(f"{why} (CI is set, so this is a failure, not a skip)")
+        pytest.skip(why)
+    return path

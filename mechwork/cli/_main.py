@@ -73,12 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
                                epilog="example: mechwork zoo build pairs trojan")
     build.add_argument("names", nargs="*", help="zoo model names (default: all)")
     build.set_defaults(func=_zoo_build)
-    from . import _challenge, _discover, _outputs
+    from . import _architectures, _challenge, _discover, _outputs
 
     _outputs.add_commands(sub)
     _challenge.add_commands(sub)
     _discover.add_commands(sub)
     _discover.add_bench(sub)
+    _architectures.add_commands(sub)
     return parser
 
 

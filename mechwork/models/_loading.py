@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from ._structure import structure_of
 from .zoo import ensure_built, get_entry
 
 ZOO_PREFIX = "zoo:"
@@ -73,9 +74,15 @@ def load(
         spec: ``"zoo:NAME"``, a local checkpoint folder, or a hub name such as ``"gpt2"``.
         device: where to put the weights.
         dtype: parameter dtype.
-        edge_hooks: enable the per-head hooks edge-level work needs: ``blocks.{l}.attn.hook_result``
-            (each head's write to the residual), ``blocks.{l}.hook_{q,k,v}_input`` (each head's own
-            copy of its input) and ``blocks.{l}.hook_mlp_in``.
+        edge_hooks: switch on, where this model's bridge supports them, the per-head hooks edge-level
+            work reads: ``blocks.{l}.attn.hook_result`` (each head's write to the residual),
+            ``blocks.{l}.hook_{q,k,v}_input`` (each head's own copy of its input) and
+            ``blocks.{l}.hook_mlp_in``. Loading never requires them: a bridge without one (GPT-J, OPT
+            and GPT-Neo have neither per-head results nor q/k/v input copies) loads with it off, and
+            ``structure_of(model)`` records which it has (``head_result_hook``, ``head_input_hooks``,
+            ``mlp_input_hook``). mechwork's methods set the flags they need around their own forward
+            passes, so ``False`` only changes what plain ``model(...)`` / ``run_with_cache`` calls expose
+            (and makes them cheaper).
 
     Returns:
         A ``TransformerBridge`` in eval mode with TransformerLens hook names (``blocks.{l}.attn.hook_z``,
@@ -88,11 +95,15 @@ def load(
     except OSError as exc:  # hub misses surface as OSError from transformers
         raise ModelNotAvailableError(f"could not load {os.fspath(spec)!r}: {exc}") from exc
     bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
-    if edge_hooks:
-        bridge.set_use_attn_result(True)
-        bridge.set_use_split_qkv_input(True)
-        bridge.set_use_hook_mlp_in(True)
     bridge.eval()
+    structure = structure_of(bridge)  # probes hook_mlp_in once, while no hooks are attached
+    if edge_hooks:
+        if structure.head_result_hook:
+            bridge.set_use_attn_result(True)
+        if structure.head_input_hooks:
+            bridge.set_use_split_qkv_input(True)
+        if structure.mlp_input_hook:
+            bridge.set_use_hook_mlp_in(True)
     bridge.mechwork_spec = os.fspath(spec)
     return bridge
 

@@ -6,8 +6,12 @@ positions enter. Every layer above the models layer reads this description inste
 GPT-2, and every decision it drives (which edges exist, whether a fast path applies) is made here
 once, from the bridge's config, with the reason recorded when something is not supported.
 
-The description is derived from ``model.cfg`` (TransformerLens's config for the booted bridge),
-so it is cheap to derive and needs no cache.
+The description is derived from ``model.cfg`` (TransformerLens's config for the booted bridge) and
+the bridge's own modules. One fact cannot be read off them: whether ``blocks.L.hook_mlp_in`` reaches
+the MLP (TransformerLens wires it as a pre-hook on ``ln2``, which shared-norm parallel blocks lack,
+and Bloom's block forward never installs it). That is probed once per model, with one one-token
+forward, and kept on the model (``mechwork.load`` primes it before returning).
+Each fact here is checked per family against the Hugging Face config in ``tests/integration/test_families.py``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from enum import Enum
+
+import torch
 
 
 class BlockLayout(Enum):
@@ -52,6 +58,10 @@ _RESUMABLE_ARCHITECTURES = frozenset({"GPT2LMHeadModel"})
 # Families whose attention exact patching may compute piece by piece (``discovery/_exact_fast.py``
 # follows Hugging Face's GPT-2 block: pre-LayerNorm, causal softmax, one key/value head per query head).
 _LAYER_PIECE_ARCHITECTURES = frozenset({"GPT2LMHeadModel"})
+# Families whose bridge does not resume at block ``l`` on ``forward(resid, start_at_layer=l)``: it runs every
+# block on ``resid`` taken as input embeddings (TransformerLens 4.3: ``BloomBlockBridge.forward`` never calls
+# the block's ``_maybe_inject_start_residual``), so resuming there gives wrong logits.
+_START_AT_LAYER_IGNORED = frozenset({"BloomForCausalLM"})
 
 
 @dataclass(frozen=True)
@@ -68,7 +78,12 @@ class ModelStructure:
     norm: NormKind
     mlp: MLPKind
     positions: PositionKind
-    head_result_hook: bool  # the bridge exposes blocks.{l}.attn.hook_result (each head's residual write)
+    head_result_hook: bool  # the bridge can give blocks.{l}.attn.hook_result (each head's residual write)
+    # The bridge can give each head its own copy of its input (blocks.{l}.hook_{q,k,v}_input, pre-norm;
+    # with grouped-query attention k and v are per key/value head: [batch, pos, n_kv_heads, d_model]).
+    head_input_hooks: bool = True
+    mlp_input_hook: bool = True  # blocks.{l}.hook_mlp_in fires and feeds the MLP (and only the MLP)
+    attn_out_norm: bool = False  # a norm on the summed attention output before the residual add (Gemma 2/3, OLMo 2)
 
     @property
     def grouped_query(self) -> bool:
@@ -80,6 +95,11 @@ class ModelStructure:
         return self.architecture in _RESUMABLE_ARCHITECTURES
 
     @property
+    def start_at_layer_exact(self) -> bool:
+        """Does the bridge's ``forward(resid, start_at_layer=l)`` resume from ``resid`` (rather than ignore it)?"""
+        return self.architecture not in _START_AT_LAYER_IGNORED
+
+    @property
     def layer_pieces(self) -> bool:
         """Does exact patching's piecewise GPT-2 layer (``discovery/_exact_fast.py``) describe this model?"""
         return self.architecture in _LAYER_PIECE_ARCHITECTURES and self.resumable_blocks
@@ -88,11 +108,19 @@ class ModelStructure:
         """What the edge graph and patch-mask engine lack for this structure (empty: supported)."""
         gaps = []
         if self.grouped_query:
-            gaps.append(f"grouped-query attention ({self.n_heads} query heads, {self.n_kv_heads} key/value heads)")
+            kv = f"{self.n_kv_heads} key/value head" + ("s" if self.n_kv_heads != 1 else "")
+            gaps.append(f"grouped-query attention ({self.n_heads} query heads, {kv})")
         if self.mlp is MLPKind.MIXTURE_OF_EXPERTS:
             gaps.append("mixture-of-experts MLPs")
+        if self.attn_out_norm:
+            gaps.append("a norm on the attention output before the residual add, so heads' writes to the "
+                        "residual stream are not additive")
         if not self.head_result_hook:
-            gaps.append("a per-head result hook (blocks.L.attn.hook_result)")
+            gaps.append("no per-head result hook (blocks.L.attn.hook_result) on the bridge")
+        if not self.head_input_hooks:
+            gaps.append("no per-head q/k/v input hooks (blocks.L.hook_{q,k,v}_input) on the bridge")
+        if self.mlp is not MLPKind.NONE and not self.mlp_input_hook:
+            gaps.append("no MLP-input hook on the bridge (blocks.L.hook_mlp_in never reaches the MLP)")
         return gaps
 
     def require_edge_graph(self) -> None:
@@ -115,6 +143,9 @@ def structure_of(model) -> ModelStructure:
     cfg = model.cfg
     n_heads = int(cfg.n_heads)
     kv = getattr(cfg, "n_key_value_heads", None)
+    blocks = list(getattr(model, "blocks", None) or [])
+    parallel = bool(getattr(cfg, "parallel_attn_mlp", False)) or any(
+        type(b).__name__ == "ParallelBlockBridge" for b in blocks)
     return ModelStructure(
         architecture=str(getattr(cfg, "architecture", None) or type(model).__name__),
         n_layers=int(cfg.n_layers),
@@ -122,11 +153,14 @@ def structure_of(model) -> ModelStructure:
         n_kv_heads=int(kv) if kv else n_heads,
         d_model=int(cfg.d_model),
         d_head=int(cfg.d_head),
-        layout=BlockLayout.PARALLEL if getattr(cfg, "parallel_attn_mlp", False) else BlockLayout.SEQUENTIAL,
+        layout=BlockLayout.PARALLEL if parallel else BlockLayout.SEQUENTIAL,
         norm=_norm_kind(getattr(cfg, "normalization_type", None), getattr(cfg, "uses_rms_norm", False)),
         mlp=_mlp_kind(cfg),
         positions=_position_kind(str(getattr(cfg, "positional_embedding_type", "standard"))),
-        head_result_hook=_has_head_result_hook(model),
+        head_result_hook=_attention_supports(blocks, "result"),
+        head_input_hooks=_attention_supports(blocks, "split_qkv"),
+        mlp_input_hook=_mlp_input_hook_fires(model),
+        attn_out_norm=bool(blocks) and all("ln1_post" in (getattr(b, "submodules", None) or {}) for b in blocks),
     )
 
 
@@ -166,8 +200,48 @@ def _position_kind(name: str) -> PositionKind:
             "rotary": PositionKind.ROTARY, "alibi": PositionKind.ALIBI}.get(name, PositionKind.OTHER)
 
 
-def _has_head_result_hook(model) -> bool:
-    blocks = getattr(model, "blocks", None)
+def _attention_supports(blocks, what: str) -> bool:
+    """The bridge's own test (``_validate_attention_fork_supported``) for per-head results / q/k/v input copies."""
     if not blocks:
         return False
-    return all(hasattr(getattr(block, "attn", None), "hook_result") for block in blocks)
+    if what == "result":
+        return all(bool(getattr(getattr(b, "attn", None), "supports_attn_result", False)) for b in blocks)
+    from transformer_lens.model_bridge.generalized_components.joint_qkv_attention import JointQKVAttentionBridge
+    from transformer_lens.model_bridge.generalized_components.position_embeddings_attention import (
+        PositionEmbeddingsAttentionBridge,
+    )
+
+    forks = (JointQKVAttentionBridge, PositionEmbeddingsAttentionBridge)
+    return all(isinstance(getattr(b, "attn", None), forks) for b in blocks)
+
+
+_MLP_IN_PROBE = "_mechwork_mlp_in_fires"
+
+
+def _mlp_input_hook_fires(model) -> bool:
+    """Does every block's ``hook_mlp_in`` fire in a forward pass? Probed once (one token) and kept on the model.
+
+    Run it before attaching hooks of your own: the probe's forward would fire them (``mechwork.load`` runs
+    it while the model is fresh).
+    """
+    known = model.__dict__.get(_MLP_IN_PROBE)
+    if known is not None:
+        return known
+    blocks = list(getattr(model, "blocks", None) or [])
+    if not blocks or not hasattr(model, "set_use_hook_mlp_in") or not all(hasattr(b, "hook_mlp_in") for b in blocks):
+        model.__dict__[_MLP_IN_PROBE] = False
+        return False
+    fired: set[int] = set()
+    handles = [b.hook_mlp_in.register_forward_hook(lambda *_, i=i: fired.add(i)) for i, b in enumerate(blocks)]
+    was_on = bool(getattr(model.cfg, "use_hook_mlp_in", False))
+    try:
+        model.set_use_hook_mlp_in(True)
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            model(torch.zeros(1, 1, dtype=torch.long, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.set_use_hook_mlp_in(was_on)
+    model.__dict__[_MLP_IN_PROBE] = fires = len(fired) == len(blocks)
+    return fires

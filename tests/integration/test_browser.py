@@ -1,6 +1,7 @@
-"""The HTML reports in a real headless Chromium (Debian `chromium`, installed by .ci/run): plots draw,
-no JavaScript error is logged, injected script never runs, the edge table sorts. Screenshots go to
-test-artifacts/ (kept by CI as artefacts)."""
+"""The HTML reports in a real headless Chromium (Debian `chromium`, which `make test` installs where it
+can; without it these tests are skipped by the ``chromium_path`` fixture, see tests/conftest.py): plots
+draw, no JavaScript error is logged, injected script never runs, the edge table sorts. Screenshots go
+to test-artifacts/ (kept by CI as artefacts)."""
 
 from pathlib import Path
 
@@ -10,18 +11,14 @@ import mechwork
 from mechwork.cli._main import main
 from mechwork.discovery import find_circuit
 
-from ..browser import chromium, open_page
+from ..browser import open_page
 from .test_viz_reports import XSS, hostile_circuit
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def need_chromium():
-    if chromium() is None:
-        pytest.fail("headless Chromium not found: the browser tests need it (`apt-get install chromium`, "
-                    "which .ci/run does)")
+pytestmark = pytest.mark.usefixtures("chromium_path")
 
 
 def test_report_renders_in_chromium_without_errors(induction, tmp_path):

@@ -2,8 +2,8 @@
 ACDC and exact against the planted circuits, resumable ACDC, selection and ROC by hand."""
 
 import itertools
-import re
 import json
+import re
 
 import pytest
 import torch

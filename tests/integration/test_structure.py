@@ -18,9 +18,9 @@ from mechwork.models import (
     PositionKind,
     SlowPathWarning,
     UnsupportedModelError,
+    _structure,
     structure_of,
 )
-from mechwork.models import _structure
 from mechwork.models._tokenizer import word_level_tokenizer
 
 
@@ -54,11 +54,10 @@ def test_gpt2_structure(tiny):
     assert s.resumable_blocks and s.layer_pieces and s.edge_graph_gaps() == []
 
 
-def test_parallel_block_model_is_refused_by_the_edge_graph(neox):
+def test_parallel_block_model_gets_a_parallel_graph(neox):
     s = structure_of(neox)
     assert s.layout is BlockLayout.PARALLEL and s.positions is PositionKind.ROTARY
-    with pytest.raises(UnsupportedModelError, match=r"GPTNeoXForCausalLM.*parallel attention/MLP blocks"):
-        Graph.from_model(neox)
+    assert Graph.from_model(neox).parallel  # edges and engine: tests/integration/test_parallel_blocks.py
 
 
 def test_grouped_query_model_is_refused_by_the_edge_graph(llama_gqa):
@@ -82,3 +81,22 @@ def test_a_model_not_declared_resumable_says_so_once_and_stays_exact(tiny, tiny_
     assert again.shape[0] == 3
     torch.testing.assert_close(slow, fast, atol=1e-5, rtol=1e-5)
     monkeypatch.delitem(tiny.__dict__, "_mechwork_slow_paths", raising=False)
+
+
+def test_loading_never_requires_edge_hooks(tiny_dir, tmp_path):
+    """GPT-J's bridge has neither per-head results nor q/k/v input copies: it loads, with those flags off
+    (and hook_mlp_in, which never reaches its MLP), and says so in its structure; edge_hooks=False loads
+    GPT-2 with every edge hook off."""
+    from mechwork.hooks import hook_names
+    from mechwork.models._families import build_checkpoint
+
+    gptj = mechwork.load(build_checkpoint("gptj", tmp_path / "gptj"))
+    s = structure_of(gptj)
+    assert (s.head_result_hook, s.head_input_hooks, s.mlp_input_hook) == (False, False, False)
+    assert not (gptj.cfg.use_attn_result or gptj.cfg.use_split_qkv_input or gptj.cfg.use_hook_mlp_in)
+    with pytest.raises(UnsupportedModelError, match=r"GPTJForCausalLM.*no per-head result hook.*q/k/v input"):
+        Graph.from_model(gptj)
+    plain = mechwork.load(tiny_dir, edge_hooks=False)
+    assert not (plain.cfg.use_attn_result or plain.cfg.use_split_qkv_input or plain.cfg.use_hook_mlp_in)
+    assert "blocks.0.attn.hook_result" not in hook_names(plain)
+    assert structure_of(plain).head_result_hook  # the bridge can give it; it is just off

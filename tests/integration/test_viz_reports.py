@@ -117,11 +117,15 @@ def test_curves_and_leaderboard_figures(induction_circuit):
     assert list(lookup.x) == ["acdc", "eap"] and list(lookup.y) == [None, pytest.approx(0.7)]
 
 
-def test_static_export_writes_png_or_says_why(tmp_path, monkeypatch, induction_circuit):
+def test_static_export_writes_png(tmp_path, chromium_path, induction_circuit):
     fig = viz.faithfulness_curves({"eap": induction_circuit})
-    assert viz.save_figure(fig, tmp_path / "f.html").read_text().count("<script") >= 2  # plotly.js inlined
     png = viz.save_figure(fig, tmp_path / "f.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_figures_save_as_html_and_static_export_says_why_it_cannot(tmp_path, monkeypatch, induction_circuit):
+    fig = viz.faithfulness_curves({"eap": induction_circuit})
+    assert viz.save_figure(fig, tmp_path / "f.html").read_text().count("<script") >= 2  # plotly.js inlined
     monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-chromium-here"))
     with pytest.raises(viz.StaticExportUnavailable, match="headless Chromium"):
         viz.save_figure(fig, tmp_path / "g.svg")
