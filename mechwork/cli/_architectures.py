@@ -119,18 +119,21 @@ def check_caching(model) -> Cell:
                 f"{len(ours)} hooks" + ("" if diff == 0.0 else f", differs from run_with_cache by {diff:.1e}"))
 
 
-def _brute_force_resid_pre(model, clean, corrupted, metric) -> torch.Tensor:
-    _, cache = model.run_with_cache(clean, names_filter=lambda n: n.endswith("hook_resid_pre"))
-    values = torch.zeros(model.cfg.n_layers, clean.shape[1])
-    for layer in range(model.cfg.n_layers):
-        for pos in range(clean.shape[1]):
-            def write(act, hook, layer=layer, pos=pos):
-                act = act.clone()
-                act[:, pos] = cache[f"blocks.{layer}.hook_resid_pre"][:, pos]
-                return act
+def brute_force_resid_pre(model, clean, corrupted, metric) -> torch.Tensor:
+    """The independent reference for ``resid_pre`` patching, with plain TransformerLens hooks only: run
+    the corrupted prompts with the clean resid_pre written in at one (layer, position) at a time."""
+    with torch.no_grad():
+        _, cache = model.run_with_cache(clean, names_filter=lambda n: n.endswith("hook_resid_pre"))
+        values = torch.zeros(model.cfg.n_layers, clean.shape[1])
+        for layer in range(model.cfg.n_layers):
+            for pos in range(clean.shape[1]):
+                def write(act, hook, layer=layer, pos=pos):
+                    act = act.clone()
+                    act[:, pos] = cache[f"blocks.{layer}.hook_resid_pre"][:, pos]
+                    return act
 
-            values[layer, pos] = float(metric(model.run_with_hooks(
-                corrupted, fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", write)])))
+                logits = model.run_with_hooks(corrupted, fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", write)])
+                values[layer, pos] = float(metric(logits))
     return values
 
 
@@ -143,7 +146,7 @@ def check_patching(model) -> Cell:
     with warnings.catch_warnings(record=True) as said, torch.no_grad():
         warnings.simplefilter("always", SlowPathWarning)
         ours = activation_patching(model, clean, corrupted, metric, "resid_pre", per_position=True).values
-        reference = _brute_force_resid_pre(model, clean, corrupted, metric)
+        reference = brute_force_resid_pre(model, clean, corrupted, metric)
     diff = _max_diff(ours, reference)
     slow = any(issubclass(w.category, SlowPathWarning) for w in said)
     if diff <= 1e-4:

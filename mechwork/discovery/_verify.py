@@ -20,7 +20,7 @@ from ..graph import Graph
 from ..models import weights_hash
 from ._circuit import Circuit
 from ._pipeline import CircuitRequest, choose_edges
-from ._registry import _METHODS, discover
+from ._registry import Method, UnknownMethodError, discover, get_method
 from ._scoring import CircuitEvaluator, faithfulness_curve, ground_truth_scores
 from ._types import DiscoveryTask, EdgeScores, make_metric
 
@@ -116,11 +116,13 @@ def verify(circuit: Circuit, model=None, *, tolerance: float = 1e-4, score_toler
     evaluator = CircuitEvaluator(model, graph, task)
     checks = _faithfulness_checks(circuit, evaluator, tolerance)
     if rederive:
-        if circuit.method not in _METHODS:
+        try:
+            method = get_method(circuit.method)
+        except UnknownMethodError:
             checks.append(Check("edge scores", f"method {circuit.method!r}", "not registered here", None, False,
                                 "register the method, or verify with rederive=False (--faithfulness-only)"))
         else:
-            scores = _rerun(model, graph, task, circuit)
+            scores = _rerun(model, graph, task, circuit, method)
             checks += _score_checks(circuit, scores, score_tolerance)
             checks += _selection_check(circuit, evaluator, scores)
             checks += _curve_checks(circuit, evaluator, scores, tolerance)
@@ -136,9 +138,8 @@ def _faithfulness_checks(circuit: Circuit, evaluator: CircuitEvaluator, toleranc
             _close("metric with every edge ablated", f.get("empty_value"), evaluator.empty, tolerance)]
 
 
-def _rerun(model, graph: Graph, task: DiscoveryTask, circuit: Circuit) -> EdgeScores:
-    known = _METHODS[circuit.method].options
-    options = {k: v for k, v in circuit.options.items() if k in known and k not in _RUN_ONLY_OPTIONS}
+def _rerun(model, graph: Graph, task: DiscoveryTask, circuit: Circuit, method: Method) -> EdgeScores:
+    options = {k: v for k, v in circuit.options.items() if k in method.options and k not in _RUN_ONLY_OPTIONS}
     return discover(model, graph, task, circuit.method, **options)
 
 

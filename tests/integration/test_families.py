@@ -17,6 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import mechwork
+from mechwork.cli._architectures import brute_force_resid_pre  # plain TL hooks only: the CLI's table uses it too
 from mechwork.discovery import DiscoveryTask, discover, methods, top_n
 from mechwork.graph import Graph, ablation_values, run_circuit
 from mechwork.hooks import activation_patching, cache_activations
@@ -176,23 +177,6 @@ def test_caching_equals_run_with_cache(name, root):
     torch.testing.assert_close(logits, tl_logits, atol=0, rtol=0)
 
 
-def _brute_force_resid_pre(model, clean, corrupted, metric) -> torch.Tensor:
-    """Run the corrupted prompts with the clean resid_pre written in at one (layer, position) at a time."""
-    with torch.no_grad():
-        _, cache = model.run_with_cache(clean, names_filter=lambda n: n.endswith("hook_resid_pre"))
-        values = torch.zeros(model.cfg.n_layers, clean.shape[1])
-        for layer in range(model.cfg.n_layers):
-            for pos in range(clean.shape[1]):
-                def write(act, hook, layer=layer, pos=pos):
-                    act = act.clone()
-                    act[:, pos] = cache[f"blocks.{layer}.hook_resid_pre"][:, pos]
-                    return act
-
-                logits = model.run_with_hooks(corrupted, fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", write)])
-                values[layer, pos] = float(metric(logits))
-    return values
-
-
 @pytest.mark.parametrize("name", _with_marks(FAMILIES, {"bloom": _BLOOM_START_AT_LAYER}))
 def test_resid_pre_patching_equals_brute_force(name, root):
     """Non-GPT-2 families resume through start_at_layer and say so once (SlowPathWarning); GPT-2 does not."""
@@ -207,7 +191,7 @@ def test_resid_pre_patching_equals_brute_force(name, root):
     else:
         with pytest.warns(SlowPathWarning, match="start_at_layer"):
             ours = activation_patching(model, clean, corrupted, metric, "resid_pre", per_position=True)
-    reference = _brute_force_resid_pre(model, clean, corrupted, metric)
+    reference = brute_force_resid_pre(model, clean, corrupted, metric)
     assert ours.dims == ("layer", "pos") and ours.values.shape == (2, 6)
     assert float(reference.max() - reference.min()) > 0.05  # the sweep is not flat
     torch.testing.assert_close(ours.values.float(), reference, atol=1e-4, rtol=1e-4)
