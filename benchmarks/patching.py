@@ -1,78 +1,107 @@
-"""Patching benchmarks on a GPT-2-small-shaped model; prints medians and ratios measured in one process.
+"""Patching benchmarks on a GPT-2-small-shaped model: medians and ratios measured in one process.
 
-    python benchmarks/patching.py [--batch 8] [--seq 16] [--repeats 3]
+    python benchmarks/patching.py [--quick] [--check] [--batch 8 --seq 16 --repeats 5]
+
+Every timing, baselines included, runs with the bridge's per-head edge hooks off: they make a forward
+slower, and a fair baseline is the fastest plain forward. Ratios are taken over back-to-back pairs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
+
 import torch
-from _common import bench_arguments, device_line, gpt2_small_random, median_seconds, random_prompt_pair
+from _common import (
+    Report,
+    Target,
+    bench_arguments,
+    describe,
+    gpt2_small_random,
+    paired_ratio,
+    random_prompt_pair,
+    timings,
+)
 from transformer_lens import patching
 
 from mechwork.hooks import activation_patching, attribution_patching, cache_activations
 from mechwork.hooks._runner import hook_flags, uses_fast_path
 
+SWEEP_SPEEDUP = Target(">=", 1.8, "x")
+AGREE = Target("<=", 1e-4)
+ATTRIBUTION = Target("<=", 3.5, " forwards")
+CACHING = Target("<=", 1.1, "x")
 
-def main() -> None:
+
+def main() -> int:
     parser = bench_arguments("patching benchmarks")
     parser.add_argument("--only-caching", action="store_true", help="skip the sweeps")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.batch, args.seq = 3, 2, 8
     model = gpt2_small_random()
     clean, corrupted, metric = random_prompt_pair(model, args.batch, args.seq)
-    print(device_line(), f"| batch {args.batch} x {args.seq} tokens | GPT2Config() random weights via the bridge")
-    # Every timing, baselines included, runs with the bridge's per-head edge hooks off: they make a forward
-    # slower, and a fair baseline is the fastest plain forward.
+    report = Report("benchmarks/patching.py" + (" --quick" if args.quick else ""))
+    report.header(f"GPT2Config() random weights via the bridge ({describe(model)}), batch {args.batch} x {args.seq}",
+                  "timings: median (range, n runs); ratios over back-to-back pairs in this process")
     with hook_flags(model, attn_result=False, split_qkv=False, mlp_in=False):
-        run(model, clean, corrupted, metric, args.repeats, args.only_caching)
+        run(report, model, clean, corrupted, metric, args)
+    return report.finish(args.check)
 
 
-def run(model, clean, corrupted, metric, repeats: int, only_caching: bool) -> None:
-    device = clean.device
-    print(f"fast layer-resuming path in use: {uses_fast_path(model)}")
+def run(report: Report, model, clean, corrupted, metric, args) -> None:
+    report.note(f"blocks driven directly (layer-resuming fast path): {uses_fast_path(model)}")
 
-    with torch.no_grad():
-        forward = median_seconds(lambda: model(clean), repeats=max(5, repeats))
-        hf_forward = median_seconds(lambda: model.original_model(clean), repeats=max(5, repeats))
-    print(f"plain bridge forward: {forward * 1e3:.1f} ms (Hugging Face model alone: {hf_forward * 1e3:.1f} ms)")
-
-    if not only_caching:
+    def forward():
         with torch.no_grad():
-            _, clean_cache = model.run_with_cache(clean)
-        tl_values = {}
+            model(clean)
 
-        def tl_sweep():
-            with torch.no_grad():
-                tl_values["v"] = patching.get_act_patch_attn_head_out_all_pos(model, corrupted, clean_cache, metric)
+    def hf_forward():
+        with torch.no_grad():
+            model.original_model(clean)
 
-        ours = {}
+    base = timings(forward, repeats=max(5, args.repeats))
+    report.result("plain bridge forward (baseline)", base.median, base.fmt(1e3, 1, " ms"))
+    _, _, hf = paired_ratio(hf_forward, forward, max(5, args.repeats))
+    report.result("Hugging Face model alone / bridge forward", hf.median, hf.fmt())
 
-        def our_sweep():
-            ours["r"] = activation_patching(model, clean, corrupted, metric, "z")
-
-        t_tl = median_seconds(tl_sweep, repeats=repeats, warmup=0)
-        t_ours = median_seconds(our_sweep, repeats=repeats, warmup=0)
-        diff = float((ours["r"].values.to(device) - torch.as_tensor(tl_values["v"]).float()).abs().max())
-        print(
-            f"head-output sweep, all 144 heads: mechwork {t_ours:.2f} s ({t_ours / forward:.0f} forwards) | "
-            f"TransformerLens {t_tl:.2f} s ({t_tl / forward:.0f} forwards) | speed-up {t_tl / t_ours:.2f}x "
-            f"(target >= 1.8x) | max |diff| {diff:.2e}"
-        )
-
-        t_attr = median_seconds(lambda: attribution_patching(model, clean, corrupted, metric, "z"), repeats=5)
-        ratio = t_attr / forward
-        print(f"attribution patching, all heads: {t_attr * 1e3:.0f} ms = {ratio:.2f} forwards (target <= 3.5)")
+    if not args.only_caching:
+        sweeps(report, model, clean, corrupted, metric, forward, args)
 
     selected = [f"blocks.{layer}.{h}" for layer in range(model.cfg.n_layers)
                 for h in ("hook_resid_pre", "attn.hook_z", "hook_mlp_out")]
-    t_sel = median_seconds(lambda: cache_activations(model, clean, selected), repeats=10)
-    t_all = median_seconds(lambda: cache_activations(model, clean, lambda n: True), repeats=10)
+    _, _, sel = paired_ratio(lambda: cache_activations(model, clean, selected), forward, 10)
+    report.result("caching resid_pre + hook_z + mlp_out of every layer / plain forward", sel.median, sel.fmt(unit="x"),
+                  CACHING)
+    _, _, every = paired_ratio(lambda: cache_activations(model, clean, lambda n: True), forward, 10)
+    report.result(f"caching every hook ({len(model.hook_dict)}) / plain forward", every.median, every.fmt(unit="x"))
+
+
+def sweeps(report: Report, model, clean, corrupted, metric, forward, args) -> None:
     with torch.no_grad():
-        t_fwd = median_seconds(lambda: model(clean), repeats=10)
-    print(
-        f"caching resid_pre + z + mlp_out of every layer: {t_sel / t_fwd:.2f}x a plain forward (target <= 1.1x); "
-        f"every hook ({len(model.hook_dict)}): {t_all / t_fwd:.2f}x"
-    )
+        _, clean_cache = model.run_with_cache(clean)
+    values = {}
+
+    def tl_sweep():
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # its progress bar
+            values["tl"] = patching.get_act_patch_attn_head_out_all_pos(model, corrupted, clean_cache, metric)
+
+    def our_sweep():
+        values["ours"] = activation_patching(model, clean, corrupted, metric, "z")
+
+    repeats = 1 if args.quick else 3
+    tl_seconds, our_seconds, ratio = paired_ratio(tl_sweep, our_sweep, repeats, warmup=0)
+    diff = float((values["ours"].values.to(clean.device) - torch.as_tensor(values["tl"]).float()).abs().max())
+    n_heads = model.cfg.n_layers * model.cfg.n_heads
+    report.result(f"head-output sweep, all {n_heads} heads: TransformerLens patching / mechwork", ratio.median,
+                  ratio.fmt(unit="x"), SWEEP_SPEEDUP,
+                  detail=f"mechwork {our_seconds.fmt(1, 2, ' s')}, TL {tl_seconds.fmt(1, 2, ' s')}")
+    report.result("head-output sweep: max |mechwork - TransformerLens|", diff, f"{diff:.2e}", AGREE)
+    _, _, attr = paired_ratio(lambda: attribution_patching(model, clean, corrupted, metric, "z"), forward,
+                              max(5, args.repeats))
+    report.result("attribution patching, all heads (forwards)", attr.median, attr.fmt(), ATTRIBUTION)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

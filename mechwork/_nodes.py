@@ -2,6 +2,9 @@
 
 Nodes: ``input`` (embeddings), ``blocks.{l}.attn.head.{h}``, ``blocks.{l}.mlp``, ``logits``.
 An edge is ``"SRC->DST"``; a head destination names the input it feeds: ``blocks.{l}.attn.head.{h}.q``.
+With grouped-query attention the keys and values are computed once per key/value head, shared by a
+group of query heads, so their inputs are destinations of their own: ``blocks.{l}.attn.kv_head.{g}.k``
+(``.v``). A key/value head is only a destination; its group's query heads are the sources.
 """
 
 from __future__ import annotations
@@ -11,11 +14,16 @@ from dataclasses import dataclass
 
 INPUT, LOGITS = "input", "logits"
 _HEAD = re.compile(r"^blocks\.(\d+)\.attn\.head\.(\d+)(?:\.([qkv]))?$")
+_KV_HEAD = re.compile(r"^blocks\.(\d+)\.attn\.kv_head\.(\d+)(?:\.([kv]))?$")
 _MLP = re.compile(r"^blocks\.(\d+)\.mlp$")
 
 
 def head_node(layer: int, head: int) -> str:
     return f"blocks.{layer}.attn.head.{head}"
+
+
+def kv_head_node(layer: int, group: int) -> str:
+    return f"blocks.{layer}.attn.kv_head.{group}"
 
 
 def mlp_node(layer: int) -> str:
@@ -31,15 +39,17 @@ def edge(src: str, dst: str, port: str | None = None) -> str:
 class NodeRef:
     """A parsed node (or head input) name."""
 
-    kind: str  # "input" | "head" | "mlp" | "logits"
+    kind: str  # "input" | "head" | "kv_head" | "mlp" | "logits"
     layer: int | None = None
-    head: int | None = None
+    head: int | None = None  # the query head, or for "kv_head" the key/value head
     port: str | None = None  # "q" | "k" | "v" for a head's input
 
     @property
     def name(self) -> str:
         if self.kind == "head":
             return head_node(self.layer, self.head)
+        if self.kind == "kv_head":
+            return kv_head_node(self.layer, self.head)
         if self.kind == "mlp":
             return mlp_node(self.layer)
         return self.kind
@@ -50,11 +60,13 @@ def parse_node(name: str) -> NodeRef:
         return NodeRef(name)
     if m := _HEAD.match(name):
         return NodeRef("head", int(m[1]), int(m[2]), m[3])
+    if m := _KV_HEAD.match(name):
+        return NodeRef("kv_head", int(m[1]), int(m[2]), m[3])
     if m := _MLP.match(name):
         return NodeRef("mlp", int(m[1]))
     raise ValueError(
         f"not a node name: {name!r} (expected 'input', 'logits', 'blocks.L.mlp', 'blocks.L.attn.head.H' "
-        "or a head input 'blocks.L.attn.head.H.q|k|v')"
+        "or a head input 'blocks.L.attn.head.H.q|k|v' (grouped-query attention: 'blocks.L.attn.kv_head.G.k|v')"
     )
 
 

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import torch
 
-from mechwork._nodes import edge, head_node, mlp_node
+from mechwork._nodes import edge, head_node, kv_head_node, mlp_node
 
 
-def all_edges(n_layers: int, n_heads: int, parallel: bool = False) -> list[str]:
+def all_edges(n_layers: int, n_heads: int, parallel: bool = False, n_kv_heads: int | None = None) -> list[str]:
     """Every edge, from the block's definition: heads read everything below their layer; the MLP also
-    reads its own layer's heads, except in a parallel block, where both read the block input."""
+    reads its own layer's heads, except in a parallel block, where both read the block input. With fewer
+    key/value heads than query heads, k and v are read by the key/value heads."""
     edges, upstream = [], ["input"]
+    grouped = n_kv_heads is not None and n_kv_heads != n_heads
     for layer in range(n_layers):
         heads = [head_node(layer, h) for h in range(n_heads)]
-        edges += [edge(src, dst, p) for dst in heads for p in "qkv" for src in upstream]
+        kv = [kv_head_node(layer, g) for g in range(n_kv_heads)] if grouped else heads
+        edges += [edge(src, dst, "q") for dst in heads for src in upstream]
+        edges += [edge(src, dst, p) for dst in kv for p in "kv" for src in upstream]
         mlp_reads = upstream if parallel else upstream + heads
         upstream = upstream + heads
         edges += [edge(src, mlp_node(layer)) for src in mlp_reads]
@@ -56,8 +60,10 @@ def run_with_edges_ablated(model, clean, corrupted, ablated: set[str]):
         for port in "qkv":
             def feed(a, hook, layer=layer, port=port):
                 a = a.clone()
-                for h in range(n_heads):
-                    a[:, :, h] = a[:, :, h] + delta(f"{head_node(layer, h)}.{port}")
+                grouped = a.shape[2] != n_heads  # k/v inputs of grouped-query attention: one per key/value head
+                for h in range(a.shape[2]):
+                    node = kv_head_node(layer, h) if grouped else head_node(layer, h)
+                    a[:, :, h] = a[:, :, h] + delta(f"{node}.{port}")
                 return a
             hooks.append((f"blocks.{layer}.hook_{port}_input", feed))
         hooks.append((f"blocks.{layer}.hook_mlp_in", lambda a, hook, layer=layer: a + delta(mlp_node(layer))))

@@ -101,3 +101,17 @@ BRIDGE_LACKS: dict[str, frozenset[str]] = {
     "phi": frozenset({"mlp_in"}),
     "falcon": frozenset({"mlp_in"}),
 }
+
+
+def boot_perturbed(model, folder: Path, perturb) -> object:
+    """Add 0.1 x noise to the parameters ``perturb(name)`` picks (so biases and norms are not their trivial
+    init and nothing cancels by accident), save with the w0 .. w39 tokenizer, and boot it with mechwork."""
+    from mechwork.models._tokenizer import word_level_tokenizer
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if perturb(name):
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(folder)
+    word_level_tokenizer([f"w{i}" for i in range(40)], "w0").save_pretrained(folder)
+    return mechwork.load(folder)

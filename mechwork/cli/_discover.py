@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from ._main import EXIT_FAILURE, EXIT_OK
 
@@ -21,28 +22,33 @@ def _options(pairs: list[str]) -> dict:
     return out
 
 
-def zoo_task(spec: str):
-    """The zoo entry behind a ``zoo:NAME`` spec (the task and ground truth come with it)."""
-    from ..models import zoo
-
-    if not spec.startswith("zoo:"):
-        raise ValueError(f"--model {spec!r}: discovery from the command line needs a zoo model (zoo:NAME), "
-                         "whose task makes the prompts; from Python, pass your own prompts to find_circuit")
-    return zoo.get_entry(spec[4:])
-
-
 def add_task_arguments(parser) -> None:
-    """``--model zoo:NAME --n-prompts N --seed S``: the zoo task's prompts, shared by every task command."""
-    parser.add_argument("--model", required=True, help="zoo:NAME (its task makes the prompts)")
-    parser.add_argument("--n-prompts", type=int, default=32)
+    """``--model SPEC [--prompts FILE] --n-prompts N --seed S``, shared by every task command: a zoo model's
+    own task makes the prompts, or a prompts file gives them (any model ``mechwork.load`` boots)."""
+    parser.add_argument("--model", required=True,
+                        help="zoo:NAME (its task makes the prompts), or a checkpoint folder / hub name with --prompts")
+    parser.add_argument("--prompts", metavar="FILE", default=None,
+                        help="JSON or CSV of clean, corrupted, answer, wrong (one row per prompt pair; each pair "
+                             "the same number of tokens, single-token answers)")
+    parser.add_argument("--n-prompts", type=int, default=32, help="prompts the zoo task draws")
     parser.add_argument("--seed", type=int, default=0)
 
 
 def task_from_arguments(args: argparse.Namespace):
-    """(zoo entry, model, task data) for the arguments :func:`add_task_arguments` added."""
-    from ..models import load
+    """(zoo entry or None, model, task data) for the arguments :func:`add_task_arguments` added; the zoo
+    entry (ground truth and all) only when its own task makes the prompts."""
+    from ..experiments._prompts import PromptTask, read_prompts_file
+    from ..hooks import InputError
+    from ..models import load, zoo
 
-    entry = zoo_task(args.model)
+    if args.prompts is not None:
+        prompts = read_prompts_file(args.prompts)  # before loading: a bad file fails fast
+        model = load(args.model)
+        return None, model, PromptTask(model, prompts, args.prompts)
+    if not args.model.startswith("zoo:"):
+        raise InputError(f"--model {args.model!r}: give the prompts with --prompts FILE (JSON or CSV of clean, "
+                         "corrupted, answer, wrong); only zoo models bring a task of their own")
+    entry = zoo.get_entry(args.model[4:])
     return entry, load(args.model), entry.task.data(args.n_prompts, seed=args.seed)
 
 
@@ -50,14 +56,15 @@ def run_discover(args: argparse.Namespace) -> int:
     from ..discovery import CircuitRequest, find_circuit
 
     entry, model, data = task_from_arguments(args)
-    truth = entry.ground_truth()
+    truth = entry.ground_truth() if entry is not None else None
     options = _options(args.option)
     if args.progress and args.method in ("acdc", "exact"):
         options.setdefault("progress", True)
     circuit = find_circuit(model, data, args.method, metric=args.metric, ablation=args.ablation,
                            positions=args.positions, request=CircuitRequest(args.select, args.value, args.target),
                            truth=truth if getattr(truth, "kind", "") == "circuit" else None,
-                           task_name=entry.name, seed=args.seed, **options)
+                           task_name=entry.name if entry is not None else Path(args.prompts).stem,
+                           seed=args.seed, **options)
     path = circuit.save(args.out)
     f = circuit.faithfulness
     print(f"{args.method} on {args.model}: {circuit.n_edges} edges, faithfulness {f['value']:.3f}, "
@@ -84,7 +91,10 @@ def add_commands(sub) -> None:
 
     names = [m.name for m in methods()]
     d = sub.add_parser("discover", help="find a circuit with a discovery method and save it as JSON",
-                       epilog="example: mechwork discover --model zoo:induction --method acdc --out c.json")
+                       epilog="examples: mechwork discover --model zoo:induction --method acdc --out c.json\n"
+                              "          mechwork discover --model ./my-checkpoint --prompts pairs.csv --method eap "
+                              "--out c.json",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_task_arguments(d)
     d.add_argument("--method", required=True, choices=names)
     d.add_argument("--out", required=True, help="circuit JSON to write")

@@ -24,7 +24,7 @@ from ._types import DiscoveryTask
 class DestinationGrads:
     """Summed gradients per destination group (same layout as the graph's mask groups, with batch/pos)."""
 
-    attn: list[Tensor]  # per layer [batch, pos, 3, heads, d_model]
+    attn: list[list[Tensor]]  # per layer, per port (q, k, v): [batch, pos, heads of the port, d_model]
     mlp: list[Tensor]  # per layer [batch, pos, d_model]
     logits: Tensor  # [batch, pos, d_model]
     metric_values: list[float]
@@ -44,7 +44,7 @@ def _grad_hooks(graph: Graph, grads: DestinationGrads) -> list:
 
     def into_attn(layer: int, p: int):
         def store(g: Tensor) -> None:
-            grads.attn[layer][:, :, p] += g.detach()
+            grads.attn[layer][p] += g.detach()
 
         return store
 
@@ -77,7 +77,7 @@ def destination_grads(
     b, p, d = residuals[0].shape
     zeros = residuals[0].new_zeros
     grads = DestinationGrads(
-        attn=[zeros(b, p, 3, graph.n_heads, d) for _ in range(graph.n_layers)],
+        attn=[[zeros(b, p, graph.port_heads(port), d) for port in range(3)] for _ in range(graph.n_layers)],
         mlp=[zeros(b, p, d) for _ in range(graph.n_layers)],
         logits=zeros(b, p, d),
         metric_values=[],
@@ -117,7 +117,7 @@ def edge_attributions(graph: Graph, deltas: Tensor, grads: DestinationGrads, sca
     parts = []
     for layer in range(graph.n_layers):
         n_attn, n_mlp = graph.n_sources_attn(layer), graph.n_sources_mlp(layer)
-        g_attn = _source_major(grads.attn[layer].flatten(2, 3), positional)  # [P, 3*heads, K]
+        g_attn = _source_major(torch.cat(grads.attn[layer], dim=2), positional)  # [P, q+k+v heads, K]
         parts.append(torch.matmul(g_attn, d_src[:, :n_attn].transpose(1, 2)).flatten(1))  # port, head, source
         g_mlp = _source_major(grads.mlp[layer].unsqueeze(2), positional)
         parts.append(torch.matmul(g_mlp, d_src[:, :n_mlp].transpose(1, 2)).flatten(1))

@@ -62,7 +62,8 @@ def find_circuit(model, data, method: str, *, metric: str = "logit_diff", ablati
     curve = faithfulness_curve(evaluator, scores)
     return Circuit(
         model={"spec": str(getattr(model, "mechwork_spec", "unknown")), "weights_sha256": weights_hash(model),
-               "n_layers": graph.n_layers, "n_heads": graph.n_heads},
+               "n_layers": graph.n_layers, "n_heads": graph.n_heads,
+               **({"n_kv_heads": graph.kv_heads} if graph.grouped else {})},
         task={"name": task_name, "metric": metric, "ablation": ablation, "position": int(data.position),
               "positions": graph.positions, "prompts": _prompts(data)},
         method=method,

@@ -27,7 +27,7 @@ def greedy(scores: EdgeScores, n: int) -> frozenset[str]:
     this way lies on a path to the logits."""
     graph = scores.graph
     importance = scores.importance().tolist()
-    logits_node = len(graph.nodes) - 1
+    logits_node = graph.logits_index
     reached = {logits_node}
     chosen: list[int] = []
     taken = [False] * graph.n_edges
@@ -45,7 +45,7 @@ def greedy(scores: EdgeScores, n: int) -> frozenset[str]:
         src = graph.edge_endpoints[best][0]
         if src not in reached:
             reached.add(src)
-            frontier += [i for i in by_dst.get(src, []) if not taken[i]]
+            frontier += [i for d in graph.destinations_of(src) for i in by_dst.get(d, []) if not taken[i]]
     return frozenset(graph.edges[i] for i in chosen)
 
 

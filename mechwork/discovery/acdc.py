@@ -35,13 +35,21 @@ from ._types import DiscoveryTask, EdgeScores
 CHECKPOINT_VERSION = 1
 
 
-def _destinations(graph: Graph) -> list[tuple[str, list[int]]]:
-    """(destination node, its incoming flat edge indices, latest source first), logits first."""
+def _destinations(graph: Graph) -> list[tuple[int, list[int]]]:
+    """(destination node index, its incoming flat edge indices, latest source first), logits first, then
+    layer by layer downwards (a layer's MLP before its heads and key/value heads)."""
     incoming: dict[int, list[int]] = {}
     for i, (_src, dst) in enumerate(graph.edge_endpoints):
         incoming.setdefault(dst, []).append(i)
-    order = sorted(incoming, reverse=True)  # node order is topological; logits is last
-    return [(graph.nodes[d], sorted(incoming[d], key=lambda i: -graph.edge_endpoints[i][0])) for d in order]
+
+    def downstream_first(d: int) -> tuple[int, int, int]:
+        if d == graph.logits_index:
+            return (graph.n_layers, 0, d)
+        ref = parse_node(graph.nodes[d])
+        return (ref.layer, int(ref.kind == "mlp"), d)
+
+    order = sorted(incoming, key=downstream_first, reverse=True)
+    return [(d, sorted(incoming[d], key=lambda i: -graph.edge_endpoints[i][0])) for d in order]
 
 
 class _Loss:
@@ -77,8 +85,9 @@ class _Loss:
 
 def _fingerprint(graph: Graph, task: DiscoveryTask, threshold: float, objective: str) -> str:
     h = hashlib.sha256()
+    grouping = [graph.kv_heads] if graph.grouped else []  # MHA fingerprints unchanged
     h.update(json.dumps([graph.n_layers, graph.n_heads, graph.positions, threshold, objective,
-                         task.ablation, task.metric_key]).encode())
+                         task.ablation, task.metric_key, *grouping]).encode())
     h.update(task.clean.cpu().numpy().tobytes())
     h.update(task.corrupted.cpu().numpy().tobytes())
     return h.hexdigest()[:20]
@@ -100,9 +109,6 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     atomic_write_json(path, state, indent=None)
 
 
-def _layer_of(node: str, n_layers: int) -> int:
-    ref = parse_node(node)
-    return n_layers if ref.kind == "logits" else ref.layer
 
 
 @register_method("acdc", "ACDC: prune edges from the logits backwards while the loss stays within a threshold",
@@ -122,17 +128,17 @@ def acdc(model, graph: Graph, task: DiscoveryTask, threshold: float = 0.01, obje
         mask, scores, done = torch.tensor(state["mask"]), torch.tensor(state["scores"]), state["done"]
     current = loss(mask)
     sources = graph.endpoint_tensor[:, 0]
-    node_index = {n: i for i, n in enumerate(graph.nodes)}
     for step, (dst, edges) in enumerate(tqdm(destinations, disable=not progress, desc="acdc")):
         if step < done:
             continue
-        alive = dst == "logits" or bool(mask[sources == node_index[dst]].any())
+        # a destination is alive while an output it feeds still reaches the logits
+        alive = dst == graph.logits_index or any(bool(mask[sources == s].any()) for s in graph.readers(dst))
         for i in edges:
             if not alive:
                 mask[i] = 0.0
                 continue
             mask[i] = 0.0
-            trial = loss(mask, _layer_of(dst, graph.n_layers))
+            trial = loss(mask, int(graph.destination_layers[i]))
             scores[i] = trial - current
             if trial - current < threshold:
                 current = trial

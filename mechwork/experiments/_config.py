@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._errors import ExperimentError
+from ._prompts import check_prompt_lists, read_prompts_file
 
-class ExperimentError(ValueError):
-    """An experiment file that cannot be run as written."""
-
+__all__ = ["Experiment", "ExperimentError", "Step", "parse_experiment"]
 
 # key -> (type or tuple of types, required?, allowed values or None)
 _Spec = dict[str, tuple[type | tuple[type, ...], bool, tuple | None]]
@@ -32,7 +32,7 @@ MODEL: _Spec = {"spec": (str, True, None)}
 TASK: _Spec = {
     "zoo": (str, False, None), "n_prompts": (int, False, None), "metric": (str, False, None),
     "clean": (list, False, None), "corrupted": (list, False, None), "answers": (list, False, None),
-    "wrong": (list, False, None), "position": (int, False, None),
+    "wrong": (list, False, None), "position": (int, False, None), "prompts": (str, False, None),
 }
 OUTPUTS: _Spec = {"static": (list, False, None)}
 _COMMON: _Spec = {"kind": (str, True, None), "name": (str, False, None)}
@@ -122,22 +122,24 @@ def _step(table: Any, index: int, where: str) -> Step:
     return Step(kind, name, {k: v for k, v in table.items() if k not in ("kind", "name")}, index)
 
 
-def _check_task(task: dict, where: str) -> None:
+def _check_task(task: dict, where: str, folder: Path) -> None:
+    """Check ``[task]``; a ``prompts = "FILE"`` (JSON or CSV, relative to the experiment) is read into the
+    four prompt lists here, so every problem shows before anything runs."""
     _check(task, TASK, f"{where}: [task]")
     prompt_keys = ("clean", "corrupted", "answers", "wrong")
     given = [k for k in prompt_keys if k in task]
-    if "zoo" in task and given:
-        raise ExperimentError(f"{where}: [task] has both 'zoo' and prompt lists ({', '.join(given)}); use one")
-    if "zoo" not in task and len(given) != len(prompt_keys):
+    sources = [name for name, present in (("zoo", "zoo" in task), ("prompts", "prompts" in task),
+                                          ("prompt lists", bool(given))) if present]
+    if len(sources) > 1:
+        raise ExperimentError(f"{where}: [task] has {' and '.join(sources)}; use one")
+    if "prompts" in task:
+        task.update(read_prompts_file(folder / task["prompts"]))
+    elif "zoo" not in task and len(given) != len(prompt_keys):
         missing = [k for k in prompt_keys if k not in task]
-        raise ExperimentError(f"{where}: [task] needs 'zoo = NAME' or all of clean, corrupted, answers, wrong "
-                              f"(missing: {', '.join(missing)})")
-    for key in given:
-        if not task[key] or not all(isinstance(p, str) for p in task[key]):
-            raise ExperimentError(f"{where}: [task] key {key!r} must be a non-empty list of strings")
-    if given and len({len(task[k]) for k in given}) != 1:
-        sizes = ", ".join(f"{k}: {len(task[k])}" for k in given)
-        raise ExperimentError(f"{where}: [task] prompt lists must have the same length ({sizes})")
+        raise ExperimentError(f"{where}: [task] needs 'zoo = NAME', 'prompts = FILE' or all of clean, corrupted, "
+                              f"answers, wrong (missing: {', '.join(missing)})")
+    elif given:
+        check_prompt_lists(task, f"{where}: [task]")
 
 
 def parse_experiment(path: str | os.PathLike) -> Experiment:
@@ -154,7 +156,7 @@ def parse_experiment(path: str | os.PathLike) -> Experiment:
         raise ExperimentError(f"{where}: not valid TOML: {e}") from None
     _check(data, TOP, where)
     _check(data["model"], MODEL, f"{where}: [model]")
-    _check_task(data["task"], where)
+    _check_task(data["task"], where, path.parent)
     _check(data.get("outputs", {}), OUTPUTS, f"{where}: [outputs]")
     if not data["step"]:
         raise ExperimentError(f"{where}: no [[step]] tables: nothing to run")

@@ -8,8 +8,6 @@ from functools import cached_property
 from itertools import product
 from pathlib import Path
 
-import torch
-
 from .._io import atomic_write_csv, atomic_write_json
 from ..discovery import Circuit, CircuitRequest, find_circuit, make_metric, verify
 from ..hooks import activation_patching, attribution_patching
@@ -17,32 +15,11 @@ from ..models import load, zoo
 from ..reports import write_report
 from ..viz import attention_patterns, faithfulness_curves, patching_heatmap, save_figure
 from ._config import Experiment, ExperimentError, Step
+from ._prompts import PromptTask
 
 
 class StepFailed(RuntimeError):
     """A step ran but its check failed (e.g. a circuit that does not reproduce)."""
-
-
-class PromptTask:
-    """Task data from prompt strings (for hub models): equal-length prompts, single-token answers."""
-
-    def __init__(self, model, task: dict, where: str):
-        tokenize = model.to_tokens
-        self.clean, self.corrupted = tokenize(task["clean"]), tokenize(task["corrupted"])
-        if self.clean.shape != self.corrupted.shape:
-            raise ExperimentError(f"{where}: [task] clean and corrupted prompts tokenise to different shapes "
-                                  f"{tuple(self.clean.shape)} and {tuple(self.corrupted.shape)}; make each pair "
-                                  "the same number of tokens")
-        self.answers = torch.tensor([self._single(model, a, where) for a in task["answers"]])
-        self.wrong = torch.tensor([self._single(model, a, where) for a in task["wrong"]])
-        self.position = task.get("position", -1)
-
-    @staticmethod
-    def _single(model, text: str, where: str) -> int:
-        ids = model.tokenizer.encode(text, add_special_tokens=False)
-        if len(ids) != 1:
-            raise ExperimentError(f"{where}: [task] answer {text!r} is {len(ids)} tokens; answers must be one token")
-        return ids[0]
 
 
 class Session:

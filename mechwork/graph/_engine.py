@@ -5,8 +5,9 @@ receives ``x_d - sum_u (1 - m_ud) * (out_u - ablated_u)``: a kept edge (``m = 1`
 source's output from this very run, an ablated one (``m = 0``) passes the ablation value (the
 corrupted run's output, a mean, or zero). Outputs of upstream nodes are read as the forward runs, so
 a node whose own inputs were masked passes its changed output on. The correction is applied at the
-bridge's edge-level hook points (``hook_q_input``/``k``/``v`` per head, ``hook_mlp_in``, and the last
-``hook_resid_post`` for the logits), before each LayerNorm, so it is exact for GPT-2-style models.
+bridge's edge-level hook points (``hook_q_input``/``k``/``v`` per head, or per key/value head under
+grouped-query attention, ``hook_mlp_in``, and the last ``hook_resid_post`` for the logits), before each
+norm, so it is exact for every block structure the graph accepts (``ModelStructure.require_edge_graph``).
 
 Masks may be fractional and require grad; gradients with respect to the mask are edge attributions.
 """
@@ -147,9 +148,8 @@ def _input_hooks(graph: Graph, views: MaskViews, deltas: _Deltas, skip_kept: boo
         return hook
 
     for layer in range(graph.n_layers):
-        port_axis = 1 if deltas.positional else 0
         for p, port in enumerate(PORTS):
-            weights = 1 - views.attn[layer].select(port_axis, p)
+            weights = 1 - views.attn[layer][p]  # [(pos,) heads of the port, sources]
             fix = correct(weights, graph.n_sources_attn(layer), True)
             hooks.append((f"blocks.{layer}.hook_{port}_input", fix))
         fix = correct(1 - views.mlp[layer], graph.n_sources_mlp(layer), False)
@@ -231,7 +231,7 @@ def masked_forward_from(
     they computed in the clean run, so the residual entering ``layer`` and their outputs are the clean
     ones (checked; ACDC, which prunes from the logits down, always satisfies it).
     """
-    below = graph.endpoint_tensor[:, 1] < graph.n_sources_attn(layer)
+    below = graph.destination_layers < layer
     if not bool(mask[below].all()):
         raise InputError(f"masked_forward_from layer {layer}: an edge into a lower layer is ablated; start lower")
     resid = clean.resid_pre[layer]

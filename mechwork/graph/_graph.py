@@ -4,10 +4,18 @@ Nodes are the input (embeddings), every attention head, every MLP and the logits
 input is the sum of its upstream nodes' outputs (plus constant biases), so an edge SRC->DST is one
 term of that sum. A head has three inputs (q, k, v), each its own destination.
 
+Grouped-query attention (``n_kv_heads < n_heads``): keys and values are computed once per key/value
+head and shared by its group of ``n_heads / n_kv_heads`` query heads, so the k and v destinations are
+the key/value heads (``blocks.L.attn.kv_head.G.k``), as the model computes them; ablating such an edge
+changes the keys (values) that every query head of the group reads. (TransformerLens's un-grouping
+would instead give each query head a private copy, a different model.) Query head ``h`` reads
+key/value head ``h // (n_heads / n_kv_heads)``, as Hugging Face's ``repeat_kv`` lays them out.
+
 Sources are numbered in model order (``input``, then per layer its heads and its MLP); destinations
 are grouped per layer so that one mask slice covers one hook point:
 
-* ``attn[l]``: ``[3, n_heads, n_sources_attn(l)]`` for the q/k/v inputs of layer ``l``'s heads;
+* ``attn[l]``: per port (q, k, v) ``[heads, n_sources_attn(l)]`` for the inputs of layer ``l``'s heads
+  (``n_heads`` query heads; ``n_kv_heads`` key/value heads for k and v);
 * ``mlp[l]``: ``[n_sources_mlp(l)]`` for layer ``l``'s MLP input;
 * ``logits``: ``[n_sources]``.
 
@@ -27,7 +35,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .._nodes import INPUT, LOGITS, edge, head_node, mlp_node, parse_node
+from .._nodes import INPUT, LOGITS, edge, head_node, kv_head_node, mlp_node, parse_node
 from ..models import BlockLayout, structure_of
 
 PORTS = ("q", "k", "v")
@@ -45,6 +53,11 @@ class Graph:
     # Attention and MLP both read the block's input (GPT-NeoX, GPT-J, ...): a layer's heads do not feed
     # its own MLP, so there are no same-layer head -> MLP edges.
     parallel: bool = False
+    n_kv_heads: int | None = None  # key/value heads; None: one per query head
+
+    def __post_init__(self) -> None:
+        if self.n_heads % self.kv_heads:
+            raise ValueError(f"{self.n_heads} query heads cannot be grouped over {self.kv_heads} key/value heads")
 
     @classmethod
     def from_model(cls, model, *, positions: int | None = None) -> Graph:
@@ -54,7 +67,30 @@ class Graph:
         structure.require_edge_graph()
         if positions is not None and positions <= 0:
             raise ValueError(f"positions must be positive, got {positions}")
-        return cls(structure.n_layers, structure.n_heads, positions, structure.layout is BlockLayout.PARALLEL)
+        return cls(structure.n_layers, structure.n_heads, positions, structure.layout is BlockLayout.PARALLEL,
+                   structure.n_kv_heads if structure.grouped_query else None)
+
+    # ---- attention ports -------------------------------------------------------------------------
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def grouped(self) -> bool:
+        """Grouped-query attention: k and v destinations are key/value heads."""
+        return self.kv_heads != self.n_heads
+
+    def port_heads(self, port: int) -> int:
+        """Destinations per layer for port 0/1/2 (q/k/v)."""
+        return self.n_heads if port == 0 else self.kv_heads
+
+    def port_destination(self, layer: int, port: int, head: int) -> str:
+        """The node whose ``PORTS[port]`` input is destination ``head`` of that port."""
+        return kv_head_node(layer, head) if port and self.grouped else head_node(layer, head)
+
+    def kv_group(self, head: int) -> int:
+        """The key/value head query head ``head`` reads."""
+        return head // (self.n_heads // self.kv_heads)
 
     # ---- sources -------------------------------------------------------------------------------
     @property
@@ -83,14 +119,41 @@ class Graph:
 
     @cached_property
     def nodes(self) -> tuple[str, ...]:
-        return (*self.sources, LOGITS)
+        """Sources, the logits, then (grouped-query attention) the key/value heads: a source's index in
+        ``sources`` is its index here, and ``logits`` is ``nodes[n_sources]``."""
+        kv = [kv_head_node(layer, g) for layer in range(self.n_layers) for g in range(self.kv_heads)]
+        return (*self.sources, LOGITS, *(kv if self.grouped else ()))
+
+    @property
+    def logits_index(self) -> int:
+        return self.n_sources
+
+    def readers(self, node: int) -> tuple[int, ...]:
+        """Sources whose output depends on destination node ``node``'s input: the node itself, or the query
+        heads of a key/value head's group (none for the logits)."""
+        if node < self.n_sources:
+            return (node,)
+        if node == self.logits_index:
+            return ()
+        ref = parse_node(self.nodes[node])
+        per = self.n_heads // self.kv_heads
+        return tuple(self.head_source(ref.layer, h) for h in range(ref.head * per, (ref.head + 1) * per))
+
+    def destinations_of(self, source: int) -> tuple[int, ...]:
+        """Destination nodes whose input feeds ``source``'s output (inverse of :meth:`readers`)."""
+        if source == 0:
+            return ()
+        ref = parse_node(self.sources[source])
+        if not self.grouped or ref.kind != "head":
+            return (source,)
+        return (source, self.n_sources + 1 + ref.layer * self.kv_heads + self.kv_group(ref.head))
 
     # ---- edge layout ---------------------------------------------------------------------------
     @cached_property
     def _group_sizes(self) -> tuple[int, ...]:
         sizes = []
         for layer in range(self.n_layers):
-            sizes += [3 * self.n_heads * self.n_sources_attn(layer), self.n_sources_mlp(layer)]
+            sizes += [(self.n_heads + 2 * self.kv_heads) * self.n_sources_attn(layer), self.n_sources_mlp(layer)]
         return (*sizes, self.n_sources)
 
     @cached_property
@@ -114,9 +177,9 @@ class Graph:
         names: list[str] = []
         for layer in range(self.n_layers):
             srcs = self.sources[: self.n_sources_attn(layer)]
-            for port in PORTS:
-                for h in range(self.n_heads):
-                    names += [edge(s, head_node(layer, h), port) for s in srcs]
+            for p, port in enumerate(PORTS):
+                for h in range(self.port_heads(p)):
+                    names += [edge(s, self.port_destination(layer, p, h), port) for s in srcs]
             names += [edge(s, mlp_node(layer)) for s in self.sources[: self.n_sources_mlp(layer)]]
         names += [edge(s, LOGITS) for s in self.sources]
         return tuple(names)
@@ -149,6 +212,13 @@ class Graph:
             out.append((node_index[src], node_index[parse_node(dst).name]))
         return tuple(out)
 
+    @cached_property
+    def destination_layers(self) -> Tensor:
+        """``[edges]``: the layer of each edge's destination (``n_layers`` for the logits)."""
+        layers = [self.n_layers if d == self.logits_index else parse_node(self.nodes[d]).layer
+                  for _, d in self.edge_endpoints]
+        return torch.tensor(layers, dtype=torch.long)
+
     def group_edges(self, layer: int | None, kind: str) -> range:
         """Flat indices (within one position) of the edges into one group: ``kind`` is ``"attn"``
         (layer ``layer``'s q/k/v inputs), ``"mlp"`` or ``"logits"``."""
@@ -162,12 +232,13 @@ class Graph:
         coords: list[tuple[int, int, int]] = []
         for layer in range(self.n_layers):
             n_src = self.n_sources_attn(layer)
-            coords += [(p, h, u) for p in range(3) for h in range(self.n_heads) for u in range(n_src)]
+            coords += [(p, h, u) for p in range(3) for h in range(self.port_heads(p)) for u in range(n_src)]
             coords += [(-1, -1, u) for u in range(self.n_sources_mlp(layer))]
         return (*coords, *((-1, -1, u) for u in range(self.n_sources)))
 
     def edge_coordinates(self, index: int) -> tuple[int, int, int]:
-        """(port, head, source) of a flat edge index within one position; port/head -1 off heads."""
+        """(port, head, source) of a flat edge index within one position; port/head -1 off heads. ``head``
+        indexes the port's destinations: a key/value head for k and v under grouped-query attention."""
         return self._coordinates[index % self.n_edges_per_position]
 
     @cached_property
@@ -196,8 +267,13 @@ class Graph:
         for layer in range(self.n_layers):
             start = self._group_offsets[2 * layer]
             n_src = self.n_sources_attn(layer)
-            block = per_pos[..., start : start + 3 * self.n_heads * n_src]
-            attn.append(block.reshape(*block.shape[:-1], 3, self.n_heads, n_src))
+            ports = []
+            for p in range(3):
+                size = self.port_heads(p) * n_src
+                block = per_pos[..., start : start + size]
+                ports.append(block.reshape(*block.shape[:-1], self.port_heads(p), n_src))
+                start += size
+            attn.append(tuple(ports))
             start = self._group_offsets[2 * layer + 1]
             mlp.append(per_pos[..., start : start + self.n_sources_mlp(layer)])
         logits = per_pos[..., self._group_offsets[-1] :]
@@ -208,6 +284,6 @@ class Graph:
 class MaskViews:
     """One flat edge vector seen per hook group (shapes in the module docstring)."""
 
-    attn: tuple[Tensor, ...]
+    attn: tuple[tuple[Tensor, Tensor, Tensor], ...]  # per layer, per port (q, k, v)
     mlp: tuple[Tensor, ...]
     logits: Tensor

@@ -73,7 +73,7 @@ def attribution_patching(
     """
     site = Site.parse(site)
     clean, corrupted, base_tokens, source_tokens = oriented_pair(model, clean, corrupted, direction)
-    n_layer, n_head, n_pos = n_layers(model), int(model.cfg.n_heads), clean.shape[1]
+    n_layer, n_head, n_pos = n_layers(model), site.n_heads(model), clean.shape[1]
     chosen = list(range(n_layer)) if layers is None else [int(x) for x in layers]
     if any(not 0 <= x < n_layer for x in chosen):
         raise InputError(f"layers {chosen} out of range [0, {n_layer})")

@@ -72,7 +72,7 @@ def _checked_range(name: str, chosen: Sequence[int] | None, size: int) -> tuple[
 
 def compile_plan(model, spec: PatchSpec, n_pos: int) -> PatchPlan:
     site = Site.parse(spec.site)
-    n_layer, n_head = n_layers(model), int(model.cfg.n_heads)
+    n_layer, n_head = n_layers(model), site.n_heads(model)
     layers = _checked_range("layers", spec.layers, n_layer)
     heads = _checked_range("heads", spec.heads, n_head) if site.per_head else (None,)
     positions = _checked_range("positions", spec.positions, n_pos) if spec.per_position else (None,)

@@ -8,6 +8,8 @@ from enum import StrEnum
 import torch
 from torch import Tensor
 
+from ..models import structure_of
+
 
 class Site(StrEnum):
     """What to patch. Values are TransformerLens activation names."""
@@ -19,8 +21,9 @@ class Site(StrEnum):
     MLP_OUT = "mlp_out"  # blocks.{l}.hook_mlp_out            [batch, pos, d_model]
     Z = "z"  # blocks.{l}.attn.hook_z                         [batch, pos, head, d_head]
     Q = "q"  # blocks.{l}.attn.hook_q                         [batch, pos, head, d_head]
-    K = "k"  # blocks.{l}.attn.hook_k                         [batch, pos, head, d_head]
-    V = "v"  # blocks.{l}.attn.hook_v                         [batch, pos, head, d_head]
+    # k, v: one per key/value head (fewer than the query heads under grouped-query attention)
+    K = "k"  # blocks.{l}.attn.hook_k                         [batch, pos, kv_head, d_head]
+    V = "v"  # blocks.{l}.attn.hook_v                         [batch, pos, kv_head, d_head]
     RESULT = "result"  # blocks.{l}.attn.hook_result          [batch, pos, head, d_model]
     PATTERN = "pattern"  # blocks.{l}.attn.hook_pattern       [batch, head, query_pos, key_pos]
 
@@ -35,6 +38,11 @@ class Site(StrEnum):
     @property
     def per_head(self) -> bool:
         return self in _HEAD_SITES
+
+    def n_heads(self, model) -> int:
+        """Size of this site's head axis on ``model``: key/value heads for k and v, else query heads."""
+        structure = structure_of(model)
+        return structure.n_kv_heads if self in (Site.K, Site.V) else structure.n_heads
 
     def hook_name(self, layer: int) -> str:
         if self.per_head:

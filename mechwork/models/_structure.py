@@ -106,12 +106,9 @@ class ModelStructure:
 
     def edge_graph_gaps(self) -> list[str]:
         """What the edge graph and patch-mask engine lack for this structure (empty: supported)."""
+        # Grouped-query attention: k/v destinations are the key/value heads (graph/_graph.py). A
+        # mixture-of-experts MLP is one node: its router and experts all read hook_mlp_in.
         gaps = []
-        if self.grouped_query:
-            kv = f"{self.n_kv_heads} key/value head" + ("s" if self.n_kv_heads != 1 else "")
-            gaps.append(f"grouped-query attention ({self.n_heads} query heads, {kv})")
-        if self.mlp is MLPKind.MIXTURE_OF_EXPERTS:
-            gaps.append("mixture-of-experts MLPs")
         if self.attn_out_norm:
             gaps.append("a norm on the attention output before the residual add, so heads' writes to the "
                         "residual stream are not additive")

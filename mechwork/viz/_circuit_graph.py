@@ -52,15 +52,21 @@ def _parse_edges(scores: Mapping[str, float], circuit: frozenset[str], signed: b
     return out
 
 
-def node_positions(n_layers: int, n_heads: int) -> dict[str, tuple[float, float]]:
+def node_positions(n_layers: int, n_heads: int, n_kv_heads: int | None = None) -> dict[str, tuple[float, float]]:
     """x: position in the residual stream (input, heads and MLP of each layer, logits); y: head index,
-    with each MLP on a row of its own below the heads."""
+    with each MLP on a row of its own below the heads. Under grouped-query attention each key/value head
+    sits just before its layer's heads, level with the middle of the query heads of its group."""
     middle = (n_heads - 1) / 2
     pos = {"input": (0.0, middle), "logits": (2.0 * n_layers + 1, middle)}
+    grouped = n_kv_heads is not None and n_kv_heads != n_heads
     for layer in range(n_layers):
         for head in range(n_heads):
             pos[f"blocks.{layer}.attn.head.{head}"] = (2.0 * layer + 1, float(head))
         pos[f"blocks.{layer}.mlp"] = (2.0 * layer + 2, n_heads + 0.5)
+        if grouped:
+            per = n_heads // n_kv_heads
+            for g in range(n_kv_heads):
+                pos[f"blocks.{layer}.attn.kv_head.{g}"] = (2.0 * layer + 0.6, (g + 0.5) * per - 0.5)
     return pos
 
 
@@ -68,6 +74,8 @@ def _short(node: str) -> str:
     ref = parse_node(node)
     if ref.kind == "head":
         return f"a{ref.layer}.{ref.head}"
+    if ref.kind == "kv_head":
+        return f"kv{ref.layer}.{ref.head}"
     if ref.kind == "mlp":
         return f"m{ref.layer}"
     return node
@@ -94,13 +102,14 @@ def circuit_graph(
     counts the weaker edges collapsed away.
     """
     scores, n_layers, n_heads, circuit, signed = _scored(source, n_layers, n_heads, circuit)
+    n_kv_heads = _kv_heads(source, scores)
     edges = _parse_edges(scores, circuit, signed)
     if only_circuit:
         edges = [e for e in edges if e.in_circuit]
     ranked = sorted(edges, key=lambda e: (-e.importance, e.name))
     shown = [e for e in ranked if e.importance >= min_score and (e.importance > 0 or e.in_circuit)][:max_edges]
     hidden = len(ranked) - len(shown)
-    pos = node_positions(n_layers, n_heads)
+    pos = node_positions(n_layers, n_heads, n_kv_heads)
     span = max((e.importance for e in shown), default=1.0) or 1.0
     fig = go.Figure()
     for trace in _edge_traces(shown, pos, span):
@@ -140,6 +149,17 @@ def _scored(source, n_layers, n_heads, circuit) -> tuple[Mapping[str, float], in
     if n_layers is None or n_heads is None:
         raise ValueError("circuit_graph of a plain {edge: score} mapping needs n_layers and n_heads")
     return source, n_layers, n_heads, frozenset(circuit or ()), False
+
+
+def _kv_heads(source, scores: Mapping[str, float]) -> int | None:
+    """Key/value heads of a grouped-query model: recorded by a Circuit or the graph, else read off the
+    edge names of a plain mapping."""
+    if hasattr(source, "graph"):
+        return source.graph.kv_heads
+    if hasattr(source, "model") and isinstance(source.model, Mapping) and "n_kv_heads" in source.model:
+        return int(source.model["n_kv_heads"])
+    groups = [parse_node(name.split("@")[0].split("->")[1]) for name in scores if ".kv_head." in name]
+    return 1 + max(ref.head for ref in groups) if groups else None
 
 
 _PORT_LIFT = {"q": 0.0, "k": 0.2, "v": 0.4, None: 0.0}

@@ -16,8 +16,8 @@ def test_graph_matches_the_reference_edge_list_and_mib_count(tiny):
     assert set(graph.edges) == set(all_edges(3, 4)) and len(graph.edges) == graph.n_edges
     assert Graph(12, 12).n_edges == 32491  # MIB's edge count for GPT-2 small
     views = graph.split(torch.arange(graph.n_edges, dtype=torch.float))
-    assert views.attn[2].shape == (3, 4, graph.n_sources_attn(2))
-    assert graph.edges[int(views.attn[1][2, 3, 0])] == "input->blocks.1.attn.head.3.v"
+    assert [v.shape for v in views.attn[2]] == [(4, graph.n_sources_attn(2))] * 3
+    assert graph.edges[int(views.attn[1][2][3, 0])] == "input->blocks.1.attn.head.3.v"
     assert graph.edges[int(views.mlp[0][-1])] == "blocks.0.attn.head.3->blocks.0.mlp"
     with pytest.raises(GraphError, match="Did you mean"):
         graph.index("input->blocks.1.attn.head.3.w")

@@ -10,8 +10,8 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 import mechwork
 from mechwork.discovery import DiscoveryTask, discover
 from mechwork.graph import Graph, GraphError, ablation_values, run_circuit
-from mechwork.models._tokenizer import word_level_tokenizer
 from tests.edge_reference import all_edges, run_with_edges_ablated
+from tests.families import boot_perturbed
 
 # Rotary models resume through the bridge's start_at_layer (blocks not declared resumable): that says so.
 pytestmark = pytest.mark.filterwarnings("ignore::mechwork.models.SlowPathWarning")
@@ -24,14 +24,8 @@ def pythia(tmp_path_factory):
                         intermediate_size=64, max_position_embeddings=16, use_parallel_residual=True,
                         initializer_range=0.2)  # weights large enough that heads matter (0.02 hides them)
     model = GPTNeoXForCausalLM(cfg)
-    with torch.no_grad():  # non-zero biases and norm parameters, so nothing cancels by accident
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "layernorm" in name:
-                p.add_(0.1 * torch.randn_like(p))
-    folder = tmp_path_factory.mktemp("pythia")
-    model.save_pretrained(folder)
-    word_level_tokenizer([f"w{i}" for i in range(40)], "w0").save_pretrained(folder)
-    return mechwork.load(folder)
+    return boot_perturbed(model, tmp_path_factory.mktemp("pythia"),
+                          lambda name: name.endswith("bias") or "layernorm" in name)
 
 
 @pytest.fixture(scope="module")
