@@ -39,6 +39,21 @@ def random_gpt2(name: str, seed: int = 0, **config):
     return mechwork.load(folder, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
+def llama_random(name: str = "llama-8x512-gqa-random", seed: int = 0):
+    """A Llama-shaped model with random weights: 8 layers, d_model 512, 8 query / 2 key-value heads
+    (grouped-query attention), RMSNorm, gated MLP (d_mlp 1376), rotary positions, vocabulary 32,000."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = BENCH_DIR / name
+    if not (folder / "config.json").is_file():
+        torch.manual_seed(seed)
+        cfg = LlamaConfig(vocab_size=32000, hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
+                          num_key_value_heads=2, intermediate_size=1376, max_position_embeddings=256)
+        LlamaForCausalLM(cfg).save_pretrained(folder)
+        word_level_tokenizer([f"t{i}" for i in range(cfg.vocab_size)], "t0").save_pretrained(folder)
+    return mechwork.load(folder, device="cuda" if torch.cuda.is_available() else "cpu")
+
+
 def gpt2_small_random(seed: int = 0):
     """``GPT2Config()`` (12 layers x 12 heads, d_model 768, vocab 50257) with random weights."""
     return random_gpt2("gpt2-small-random", seed)

@@ -72,7 +72,7 @@ def naive_edge_patching(model, clean: Tensor, corrupted: Tensor, metric, edges: 
             source, destination = name.split("->")
             delta = _output(corrupted_cache, source) - _output(clean_cache, source)
             dst = parse_node(destination)
-            if dst.kind == "head":
+            if dst.kind in ("head", "kv_head"):  # kv_head: grouped-query k/v, indexed by key/value head
                 _set_flags(model, result=False, split_qkv=True, mlp_in=False)
                 hook_name = f"blocks.{dst.layer}.hook_{dst.port}_input"
 

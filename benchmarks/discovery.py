@@ -10,6 +10,8 @@ every edge and ACDC testing every edge are each run in full and timed, and the s
 Part 2, GPT-2 small's shape (``GPT2Config()``, random weights, 32,491 edges): EAP and circuit evaluation
 measured as ratios to a plain forward (back-to-back pairs); exact patching, the naive loop and ACDC from
 the same sampling procedure, labelled ``extrapolated`` (a full exact run is ~30 min here, naive ~3 h).
+Part 3, a Llama-shaped random model (8 layers, d_model 512, 8 query / 2 key-value heads, RMSNorm, gated
+MLP, rotary; batch 8 x 32): EAP and circuit evaluation as forwards, and exact vs naive (extrapolated).
 Every line with a target ends in ``met`` or ``MISSED``; ``--check`` exits 1 when one is missed.
 """
 
@@ -28,6 +30,8 @@ from _common import (
     bench_arguments,
     describe,
     gpt2_small_random,
+    llama_random,
+    minutes,
     paired_ratio,
     random_gpt2,
     random_prompt_pair,
@@ -212,17 +216,58 @@ def gpt2_small(report: Report, args, check: dict[str, float]) -> None:
                          f"layer (small-model check: x{check['acdc']:.2f})")
 
 
+# ---- part 3: a Llama-shaped model (grouped-query attention, RMSNorm, gated MLP, rotary) ----------------
+def llama_shaped(report: Report, args) -> None:
+    model = llama_random()
+    graph = Graph.from_model(model)
+    seq = args.llama_seq
+    clean, corrupted, metric = random_prompt_pair(model, args.batch, seq)
+    task = DiscoveryTask(clean, corrupted, metric)
+    print(f"-- part 3: Llama-shaped random model ({describe(model)}, {graph.kv_heads} key/value heads; "
+          f"{graph.n_edges} edges), batch {args.batch} x {seq} tokens")
+
+    def forward():
+        with torch.no_grad(), edge_hooks_off(model):
+            model(clean)
+
+    base = forward_baseline(model, clean, args.repeats)
+    report.result("plain forward, edge hooks off (baseline)", base.median, base.fmt(1e3, 1, " ms"))
+    eap, fwd, ratio = paired_ratio(lambda: discover(model, graph, task, "eap"), forward, args.repeats)
+    report.result("EAP over all edges, Llama shape (forwards)", ratio.median, ratio.fmt(), EAP,
+                  detail=f"EAP {eap.fmt(1e3, 0, ' ms')}, forward {fwd.fmt(1e3, 0, ' ms')}")
+    evaluator = CircuitEvaluator(model, graph, task)
+    mask = (torch.rand(graph.n_edges, generator=torch.Generator().manual_seed(0)) < 0.05).float()
+    one, fwd, ratio = paired_ratio(lambda: evaluator.value(mask), forward, args.repeats)
+    report.result("circuit evaluation, Llama shape, 5% of edges kept (forwards)", ratio.median, ratio.fmt(),
+                  CIRCUIT, detail=f"one circuit {one.fmt(1e3, 0, ' ms')}, forward {fwd.fmt(1e3, 0, ' ms')}")
+    within = group_samples(graph, max(1, 512 // args.batch))
+    naive = sampled_naive(model, graph, clean, corrupted, metric, args.samples, within)
+    exact = sampled_exact(model, graph, task)
+    warn_lines(report, exact.warnings)
+    common = sorted(set(naive.sampled) & set(exact.sampled))
+    diff = max(abs(naive.sampled[i] - exact.sampled[i]) for i in common)
+    report.result(f"naive loop vs discover(exact), Llama shape, {len(common)} sampled edges", diff, f"{diff:.2e}",
+                  AGREE)
+    speedup = naive.total / exact.total
+    report.result("exact vs naive speed-up, Llama shape", speedup, f"{speedup:.2f}x", SPEEDUP, how="extrapolated",
+                  detail=f"exact {minutes(exact.total)}, naive {minutes(naive.total)} for every edge "
+                         "(procedure checked on the small GPT-2 in part 1)")
+
+
 def main() -> int:
     parser = bench_arguments("discovery benchmarks")
     parser.add_argument("--samples", type=int, default=3, help="naive-loop edges timed per destination group")
     parser.add_argument("--acdc-samples", type=int, default=5, help="ACDC trials timed per destination layer")
     parser.add_argument("--sample-repeats", type=int, default=3, help="repeats of each sampled extrapolation")
     parser.add_argument("--full-repeats", type=int, default=3, help="repeats of each full run on the small model")
-    parser.add_argument("--skip-small", action="store_true", help="part 2 only (no extrapolation check)")
+    parser.add_argument("--skip-small", action="store_true", help="skip part 1 (no extrapolation check)")
+    parser.add_argument("--skip-gpt2", action="store_true", help="skip part 2 (GPT-2 small's shape)")
+    parser.add_argument("--skip-llama", action="store_true", help="skip part 3 (the Llama-shaped model)")
+    parser.add_argument("--llama-seq", type=int, default=32, help="tokens per prompt in part 3")
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.samples, args.acdc_samples, args.sample_repeats, args.full_repeats = 3, 1, 2, 1, 1
-        args.batch, args.seq = 2, 8
+        args.batch, args.seq, args.llama_seq = 2, 8, 8
     report = Report("benchmarks/discovery.py" + (" --quick" if args.quick else ""))
     report.header("timings: median (range, n runs); ratios against a plain forward with edge hooks off, same process",
                   "[measured]: the whole run timed; [extrapolated]: from sampled parts (benchmarks/_extrapolate.py); "
@@ -231,7 +276,10 @@ def main() -> int:
     check = {"exact": nan, "naive": nan, "speedup": nan, "acdc": nan}
     if not args.skip_small:
         check = small_model_check(report, args)
-    gpt2_small(report, args, check)
+    if not args.skip_gpt2:
+        gpt2_small(report, args, check)
+    if not args.skip_llama:
+        llama_shaped(report, args)
     return report.finish(args.check)
 
 

@@ -91,9 +91,9 @@ def add_commands(sub) -> None:
 
     names = [m.name for m in methods()]
     d = sub.add_parser("discover", help="find a circuit with a discovery method and save it as JSON",
-                       epilog="examples: mechwork discover --model zoo:induction --method acdc --out c.json\n"
-                              "          mechwork discover --model ./my-checkpoint --prompts pairs.csv --method eap "
-                              "--out c.json",
+                       epilog="example: mechwork discover --model zoo:induction --method acdc --out c.json\n"
+                              "your own checkpoint and prompts: mechwork discover --model ./my-checkpoint "
+                              "--prompts pairs.csv --method eap --out c.json",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_task_arguments(d)
     d.add_argument("--method", required=True, choices=names)

@@ -111,7 +111,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     (MINIMAL.format(steps='[[step]]\nkind = "patch"\nname = "a"\n[[step]]\nkind = "patch"\nname = "a"\n'),
      r"repeated: a"),
     ('[model]\nspec = "zoo:induction"\n[task]\nclean = ["a"]\n[[step]]\nkind = "patch"\n',
-     r"\[task\] needs 'zoo = NAME' or all of .* \(missing: corrupted, answers, wrong\)"),
+     r"\[task\] needs 'zoo = NAME', 'prompts = FILE' or all of .* \(missing: corrupted, answers, wrong\)"),
     ('[model\nspec = 1\n', r"not valid TOML: .*line 1"),
     (MINIMAL.format(steps=""), r"missing key 'step'"),
 ])

@@ -2,6 +2,7 @@
 (which fast path applies, whether the edge graph describes the model) is declared, never a silent
 fallback."""
 
+import dataclasses
 import re
 
 import pytest
@@ -60,11 +61,17 @@ def test_parallel_block_model_gets_a_parallel_graph(neox):
     assert Graph.from_model(neox).parallel  # edges and engine: tests/integration/test_parallel_blocks.py
 
 
-def test_grouped_query_model_is_refused_by_the_edge_graph(llama_gqa):
+def test_grouped_query_structure_reaches_the_graph(llama_gqa):
     s = structure_of(llama_gqa)
     assert (s.n_heads, s.n_kv_heads, s.norm, s.mlp) == (4, 2, NormKind.RMSNORM, MLPKind.GATED)
-    with pytest.raises(UnsupportedModelError, match=r"LlamaForCausalLM.*grouped-query attention \(4 query heads, 2"):
-        Graph.from_model(llama_gqa)
+    graph = Graph.from_model(llama_gqa)  # k/v destinations are the key/value heads (test_grouped_query.py)
+    assert (graph.n_heads, graph.kv_heads, graph.grouped) == (4, 2, True)
+
+
+def test_a_structure_the_graph_lacks_is_refused_by_name(llama_gqa, monkeypatch):
+    s = dataclasses.replace(structure_of(llama_gqa), attn_out_norm=True)
+    with pytest.raises(UnsupportedModelError, match=r"LlamaForCausalLM.*norm on the attention output"):
+        s.require_edge_graph()
 
 
 def test_a_model_not_declared_resumable_says_so_once_and_stays_exact(tiny, tiny_pair, tiny_metric, monkeypatch):
