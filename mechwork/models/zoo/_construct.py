@@ -99,7 +99,7 @@ class ResidualLayout:
         return self.capacity
 
     def basis(self) -> Float[Tensor, "d_model d_ideal"]:
-        """Orthonormal columns orthogonal to the ones vector and the two reserved dimensions."""
+        """Orthonormal columns orthogonal to the ones vector and the two reserved dimensions (float64)."""
         d = self.d_model
         seed = torch.zeros(d, d, dtype=torch.float64)
         seed[:, 0] = 1.0  # all-ones direction
@@ -108,7 +108,7 @@ class ResidualLayout:
         for i in range(3, d):
             seed[i - 1, i] = 1.0  # standard basis vectors e_2 .. e_{d-1}
         q, _ = torch.linalg.qr(seed)
-        return q[:, 3:].to(torch.float32)
+        return q[:, 3:]  # float64: to_hf multiplies in float64 and rounds to float32 once
 
     def constant(self) -> Float[Tensor, " d_model"]:
         c = torch.zeros(self.d_model)
@@ -193,33 +193,39 @@ class GPT2Constructor:
 
     def to_hf(self) -> GPT2LMHeadModel:
         lay = self.layout
-        u = lay.basis()  # [d_model, d_ideal]
+        # Products in float64, rounded to float32 once: float32 matmuls round differently with the number
+        # of threads and the BLAS build, and the weights (and every circuit file's weight hash) must be
+        # the same bits on every machine.
+        u = lay.basis()  # [d_model, d_ideal], float64
         d = lay.d_model
         cfg = gpt2_config(self.vocab_size, self.n_ctx, d, self.n_layers, self.n_heads, self.d_mlp, self.activation)
         model = GPT2LMHeadModel(cfg)
-        sd = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
+        sd = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in model.state_dict().items()}
         gain = lay.ln_gain()
-        sd["transformer.wte.weight"] = self.tok_embed @ u.T
-        sd["transformer.wpe.weight"] = self.pos_embed @ u.T + lay.constant()
+        sd["transformer.wte.weight"] = self.tok_embed.double() @ u.T
+        sd["transformer.wpe.weight"] = self.pos_embed.double() @ u.T + lay.constant()
         for name in list(sd):
             if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
                 sd[name] = torch.full((d,), gain)
         for layer in range(self.n_layers):
             p = f"transformer.h.{layer}."
             # c_attn is a Conv1D: x @ W with W [d_model, 3 d_model]; heads are contiguous d_head chunks.
-            q = torch.cat([u @ self.w_q[layer, h] for h in range(self.n_heads)], dim=1)
-            k = torch.cat([u @ self.w_k[layer, h] for h in range(self.n_heads)], dim=1)
-            v = torch.cat([u @ self.w_v[layer, h] for h in range(self.n_heads)], dim=1)
+            q = torch.cat([u @ self.w_q[layer, h].double() for h in range(self.n_heads)], dim=1)
+            k = torch.cat([u @ self.w_k[layer, h].double() for h in range(self.n_heads)], dim=1)
+            v = torch.cat([u @ self.w_v[layer, h].double() for h in range(self.n_heads)], dim=1)
             sd[p + "attn.c_attn.weight"] = torch.cat([q, k, v], dim=1)
-            sd[p + "attn.c_proj.weight"] = torch.cat([self.w_o[layer, h] @ u.T for h in range(self.n_heads)], 0)
-            sd[p + "mlp.c_fc.weight"] = u @ self.mlp_in[layer]
-            sd[p + "mlp.c_fc.bias"] = self.mlp_b_in[layer].clone()
-            sd[p + "mlp.c_proj.weight"] = self.mlp_out[layer] @ u.T
-        sd["lm_head.weight"] = (u @ self.unembed).T.contiguous()
+            w_o = [self.w_o[layer, h].double() @ u.T for h in range(self.n_heads)]
+            sd[p + "attn.c_proj.weight"] = torch.cat(w_o, 0)
+            sd[p + "mlp.c_fc.weight"] = u @ self.mlp_in[layer].double()
+            sd[p + "mlp.c_fc.bias"] = self.mlp_b_in[layer].double()
+            sd[p + "mlp.c_proj.weight"] = self.mlp_out[layer].double() @ u.T
+        sd["lm_head.weight"] = (u @ self.unembed.double()).T.contiguous()
         missing = set(model.state_dict()) - set(sd)
         if missing:
             raise RuntimeError(f"constructor left weights unset: {sorted(missing)}")
-        model.load_state_dict(sd)
+        # entries that are zero in the ideal basis come out as float64 noise (~1e-15) that differs with
+        # the thread count: snap them to zero before rounding
+        model.load_state_dict({k: v.masked_fill(v.abs() < 1e-9, 0.0).to(torch.float32) for k, v in sd.items()})
         return model.eval()
 
 
