@@ -34,7 +34,7 @@ REFERENCE_ARCH = Architecture(d_model=128, n_layers=1, n_heads=8, d_mlp=1024, n_
 REFERENCE_RECIPE = TrainingRecipe(epochs=5000, lr=5e-4, weight_decay=1.0)
 #: The zoo's default: same shape of model, smaller and faster (about 30 s on 2 cores).
 DEFAULT_ARCH = Architecture(d_model=64, n_layers=1, n_heads=4, d_mlp=256, n_ctx=3, activation="relu")
-DEFAULT_RECIPE = TrainingRecipe(epochs=400, lr=3e-3, weight_decay=1.0)
+DEFAULT_RECIPE = TrainingRecipe(epochs=600, lr=3e-3, weight_decay=1.0)
 
 Labelling = Callable[[int, int], int] | Tensor | np.ndarray
 
