@@ -158,6 +158,43 @@ def small_model_check(report: Report, args) -> dict[str, float]:
     return ratios
 
 
+# ---- lines parts 2 and 3 share -----------------------------------------------------------------------
+def forward_ratios(report: Report, model, graph: Graph, task, repeats: int, shape: str = "") -> None:
+    """The baseline forward, then EAP and one circuit evaluation as forwards (back-to-back pairs)."""
+    def forward():
+        with torch.no_grad(), edge_hooks_off(model):
+            model(task.clean)
+
+    base = forward_baseline(model, task.clean, repeats)
+    report.result("plain forward, edge hooks off (baseline)", base.median, base.fmt(1e3, 1, " ms"))
+    eap, fwd, ratio = paired_ratio(lambda: discover(model, graph, task, "eap"), forward, repeats)
+    report.result(f"EAP over all {graph.n_edges} edges{shape} (forwards, back-to-back pairs)", ratio.median,
+                  ratio.fmt(), EAP, detail=f"EAP {eap.fmt(1e3, 0, ' ms')}, forward {fwd.fmt(1e3, 0, ' ms')}")
+    evaluator = CircuitEvaluator(model, graph, task)
+    mask = (torch.rand(graph.n_edges, generator=torch.Generator().manual_seed(0)) < 0.05).float()
+    one, fwd, ratio = paired_ratio(lambda: evaluator.value(mask), forward, repeats)
+    report.result(f"circuit evaluation{shape}, 5% of edges kept, the rest ablated (forwards)", ratio.median,
+                  ratio.fmt(), CIRCUIT,
+                  detail=f"one circuit {one.fmt(1e3, 0, ' ms')}, forward {fwd.fmt(1e3, 0, ' ms')}")
+
+
+def sampled_pairs(report: Report, model, graph: Graph, task, metric, args, repeats: int,
+                  shape: str = "") -> tuple[list, list]:
+    """(exact estimates, naive estimates), interleaved so the load moves both; the naive loop samples among
+    the edges exact samples, and their scores on the common edges must agree."""
+    exact_est, naive_est = [], []
+    within = group_samples(graph, max(1, 512 // args.batch))
+    for _ in range(repeats):
+        naive_est.append(sampled_naive(model, graph, task.clean, task.corrupted, metric, args.samples, within))
+        exact_est.append(sampled_exact(model, graph, task))
+    warn_lines(report, exact_est[0].warnings)
+    common = sorted(set(naive_est[0].sampled) & set(exact_est[0].sampled))
+    diff = max(abs(naive_est[0].sampled[i] - exact_est[0].sampled[i]) for i in common)
+    report.result(f"naive loop vs discover(exact){shape} on {len(common)} sampled edges: max |score difference|",
+                  diff, f"{diff:.2e}", AGREE)
+    return exact_est, naive_est
+
+
 # ---- part 2: GPT-2 small's shape --------------------------------------------------------------------
 def gpt2_small(report: Report, args, check: dict[str, float]) -> None:
     model = gpt2_small_random()
@@ -167,35 +204,10 @@ def gpt2_small(report: Report, args, check: dict[str, float]) -> None:
     print(f"-- part 2: GPT2Config() random weights ({describe(model)}; {graph.n_edges} edges), batch {args.batch} x "
           f"{args.seq} tokens")
 
-    def forward():
-        with torch.no_grad(), edge_hooks_off(model):
-            model(clean)
-
-    base = forward_baseline(model, clean, args.repeats)
-    report.result("plain forward, edge hooks off (baseline)", base.median, base.fmt(1e3, 1, " ms"))
-
-    eap, fwd, ratio = paired_ratio(lambda: discover(model, graph, task, "eap"), forward, args.repeats)
-    report.result(f"EAP over all {graph.n_edges} edges (forwards, back-to-back pairs)", ratio.median, ratio.fmt(),
-                  EAP, detail=f"EAP {eap.fmt(1e3, 0, ' ms')}, forward {fwd.fmt(1e3, 0, ' ms')}")
-
-    evaluator = CircuitEvaluator(model, graph, task)
-    mask = (torch.rand(graph.n_edges, generator=torch.Generator().manual_seed(0)) < 0.05).float()
-    one, fwd, ratio = paired_ratio(lambda: evaluator.value(mask), forward, args.repeats)
-    report.result("circuit evaluation, 5% of edges kept, the rest ablated (forwards)", ratio.median, ratio.fmt(),
-                  CIRCUIT, detail=f"one circuit {one.fmt(1e3, 0, ' ms')}, forward {fwd.fmt(1e3, 0, ' ms')}")
-
-    exact_est, naive_est = [], []
-    within = group_samples(graph, max(1, 512 // args.batch))  # the edges exact samples: naive samples among them
-    for _ in range(args.sample_repeats):  # interleaved, so the load moves both
-        naive_est.append(sampled_naive(model, graph, clean, corrupted, metric, args.samples, within))
-        exact_est.append(sampled_exact(model, graph, task))
-    warn_lines(report, exact_est[0].warnings)
+    forward_ratios(report, model, graph, task, args.repeats)
+    exact_est, naive_est = sampled_pairs(report, model, graph, task, metric, args, args.sample_repeats)
     exact_x = spread_of(e.total for e in exact_est)
     naive_x = spread_of(e.total for e in naive_est)
-    common = sorted(set(naive_est[0].sampled) & set(exact_est[0].sampled))
-    diff = max(abs(naive_est[0].sampled[i] - exact_est[0].sampled[i]) for i in common)
-    report.result(f"naive loop vs discover(exact) on {len(common)} sampled edges: max |score difference|", diff,
-                  f"{diff:.2e}", AGREE)
     report.result("exact patching, every edge", exact_x.median, exact_x.fmt(1 / 60, 1, " min"), how="extrapolated",
                   detail=f"{graph.n_edges / exact_x.median:.1f} edges/s; from {exact_est[0].n_sampled} edges, one "
                          f"spread chunk per group (small-model check: x{check['exact']:.2f} of measured)")
@@ -226,28 +238,9 @@ def llama_shaped(report: Report, args) -> None:
     print(f"-- part 3: Llama-shaped random model ({describe(model)}, {graph.kv_heads} key/value heads; "
           f"{graph.n_edges} edges), batch {args.batch} x {seq} tokens")
 
-    def forward():
-        with torch.no_grad(), edge_hooks_off(model):
-            model(clean)
-
-    base = forward_baseline(model, clean, args.repeats)
-    report.result("plain forward, edge hooks off (baseline)", base.median, base.fmt(1e3, 1, " ms"))
-    eap, fwd, ratio = paired_ratio(lambda: discover(model, graph, task, "eap"), forward, args.repeats)
-    report.result("EAP over all edges, Llama shape (forwards)", ratio.median, ratio.fmt(), EAP,
-                  detail=f"EAP {eap.fmt(1e3, 0, ' ms')}, forward {fwd.fmt(1e3, 0, ' ms')}")
-    evaluator = CircuitEvaluator(model, graph, task)
-    mask = (torch.rand(graph.n_edges, generator=torch.Generator().manual_seed(0)) < 0.05).float()
-    one, fwd, ratio = paired_ratio(lambda: evaluator.value(mask), forward, args.repeats)
-    report.result("circuit evaluation, Llama shape, 5% of edges kept (forwards)", ratio.median, ratio.fmt(),
-                  CIRCUIT, detail=f"one circuit {one.fmt(1e3, 0, ' ms')}, forward {fwd.fmt(1e3, 0, ' ms')}")
-    within = group_samples(graph, max(1, 512 // args.batch))
-    naive = sampled_naive(model, graph, clean, corrupted, metric, args.samples, within)
-    exact = sampled_exact(model, graph, task)
-    warn_lines(report, exact.warnings)
-    common = sorted(set(naive.sampled) & set(exact.sampled))
-    diff = max(abs(naive.sampled[i] - exact.sampled[i]) for i in common)
-    report.result(f"naive loop vs discover(exact), Llama shape, {len(common)} sampled edges", diff, f"{diff:.2e}",
-                  AGREE)
+    forward_ratios(report, model, graph, task, args.repeats, shape=", Llama shape")
+    exact_est, naive_est = sampled_pairs(report, model, graph, task, metric, args, 1, shape=", Llama shape")
+    exact, naive = exact_est[0], naive_est[0]
     speedup = naive.total / exact.total
     report.result("exact vs naive speed-up, Llama shape", speedup, f"{speedup:.2f}x", SPEEDUP, how="extrapolated",
                   detail=f"exact {minutes(exact.total)}, naive {minutes(naive.total)} for every edge "

@@ -109,8 +109,6 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     atomic_write_json(path, state, indent=None)
 
 
-
-
 @register_method("acdc", "ACDC: prune edges from the logits backwards while the loss stays within a threshold",
                  threshold=0.01, objective="kl", checkpoint=None, progress=False, from_layer=True)
 def acdc(model, graph: Graph, task: DiscoveryTask, threshold: float = 0.01, objective: str = "kl",

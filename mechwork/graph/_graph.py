@@ -88,9 +88,17 @@ class Graph:
         """The node whose ``PORTS[port]`` input is destination ``head`` of that port."""
         return kv_head_node(layer, head) if port and self.grouped else head_node(layer, head)
 
+    @property
+    def queries_per_kv_head(self) -> int:
+        return self.n_heads // self.kv_heads
+
     def kv_group(self, head: int) -> int:
         """The key/value head query head ``head`` reads."""
-        return head // (self.n_heads // self.kv_heads)
+        return head // self.queries_per_kv_head
+
+    def _kv_head_index(self, layer: int, group: int) -> int:
+        """Index in ``nodes`` of a key/value head (they follow the logits, layer by layer)."""
+        return self.logits_index + 1 + layer * self.kv_heads + group
 
     # ---- sources -------------------------------------------------------------------------------
     @property
@@ -136,7 +144,7 @@ class Graph:
         if node == self.logits_index:
             return ()
         ref = parse_node(self.nodes[node])
-        per = self.n_heads // self.kv_heads
+        per = self.queries_per_kv_head
         return tuple(self.head_source(ref.layer, h) for h in range(ref.head * per, (ref.head + 1) * per))
 
     def destinations_of(self, source: int) -> tuple[int, ...]:
@@ -146,7 +154,7 @@ class Graph:
         ref = parse_node(self.sources[source])
         if not self.grouped or ref.kind != "head":
             return (source,)
-        return (source, self.n_sources + 1 + ref.layer * self.kv_heads + self.kv_group(ref.head))
+        return (source, self._kv_head_index(ref.layer, self.kv_group(ref.head)))
 
     # ---- edge layout ---------------------------------------------------------------------------
     @cached_property
