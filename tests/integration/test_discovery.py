@@ -132,7 +132,11 @@ def test_eap_is_minus_the_mask_gradient(tiny, tiny_pair, tiny_metric, tiny_task)
     torch.testing.assert_close(discover(tiny, graph, tiny_task, "eap-ig", steps=1).scores, ours, atol=1e-4, rtol=1e-3)
 
 
-@pytest.mark.parametrize("name", ["induction", "lookup"])
+# Llama's blocks rerun through the bridge (exact, slower: a SlowPathWarning)
+_LLAMA = pytest.param("induction_llama", marks=pytest.mark.filterwarnings("ignore::mechwork.models.SlowPathWarning"))
+
+
+@pytest.mark.parametrize("name", ["induction", "lookup", _LLAMA])
 @pytest.mark.parametrize("method", ["exact", "acdc"])
 def test_exact_and_acdc_recover_the_planted_circuit(name, method):
     entry = mechwork.zoo.get_entry(name)

@@ -166,6 +166,7 @@ def test_report_table_ranks_signed_scores_for_acdc(induction, tmp_path):
     assert "ranked by score" in page
 
 
+@pytest.mark.filterwarnings("ignore::mechwork.models.SlowPathWarning")  # zoo:induction_llama reruns blocks
 def test_every_shared_circuit_file_verifies():
     files = sorted((ROOT / "circuits").glob("*.json"))
     assert files, "circuits/ holds no circuit files: run `make circuits`"

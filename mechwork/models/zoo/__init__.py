@@ -1,7 +1,7 @@
 """The zoo: small models with planted, known mechanisms, stored as Hugging Face checkpoints."""
 
 from ..._nodes import edge, edge_nodes, head_node, mlp_node
-from . import induction, lookup
+from . import induction, induction_llama, lookup
 from ._registry import UnknownZooModelError, ZooEntry, entries, get_entry, register
 from ._store import build_facts, cache_root, checkpoint_dir, ensure_built, is_built
 from ._types import (
@@ -19,6 +19,8 @@ def _register_builtins() -> None:
     for module, summary in (
         (induction, "previous-token head + induction head (K-composition), with distractor heads"),
         (lookup, "mover head + lookup-table MLP, with distractor heads and MLP"),
+        (induction_llama, "induction in a Llama model: rotary previous-token head + induction head sharing "
+                          "key/value heads (GQA), RMSNorm, with distractor heads"),
     ):
         register(
             ZooEntry(

@@ -120,7 +120,29 @@ class ResidualLayout:
         return self.const_scale * math.sqrt(2.0 / self.d_model)
 
 
-class GPT2Constructor:
+class IdealHeads:
+    """Reads and writes of attention heads in the ideal basis, shared by the GPT-2 and Llama constructors."""
+
+    layout: ResidualLayout
+    d_head: int
+
+    def sub(self, name: str) -> slice:
+        return self.layout[name].slice
+
+    def reader(self, space: str, block: Tensor) -> Tensor:
+        """``[d_ideal, d_head]`` map that reads ``block`` out of subspace ``space`` (for W_Q, W_K, W_V)."""
+        w = torch.zeros(self.layout.d_ideal, self.d_head)
+        w[self.sub(space)] = block
+        return w
+
+    def writer(self, space: str, block: Tensor) -> Tensor:
+        """``[d_head, d_ideal]`` map writing ``block``'s rows into subspace ``space`` (for W_O)."""
+        w = torch.zeros(self.d_head, self.layout.d_ideal)
+        w[: block.shape[0], self.sub(space)] = block
+        return w
+
+
+class GPT2Constructor(IdealHeads):
     """Collects hand-set weights in the ideal basis and emits a ``GPT2LMHeadModel``."""
 
     def __init__(
@@ -152,27 +174,12 @@ class GPT2Constructor:
         self.mlp_out = torch.zeros(n_layers, d_mlp, di)
         self.unembed = torch.zeros(di, vocab_size)
 
-    def sub(self, name: str) -> slice:
-        return self.layout[name].slice
-
     def one_hot_embeddings(self) -> None:
         """Tokens one-hot in subspace ``tok``, positions one-hot in ``pos``, a constant 1 in ``one`` (the
         embeddings of every :func:`token_circuit_layout` model)."""
         self.tok_embed[:, self.sub("tok")] = torch.eye(self.tok_embed.shape[0])
         self.pos_embed[:, self.sub("pos")] = torch.eye(self.pos_embed.shape[0])
         self.pos_embed[:, self.sub("one")] = 1.0
-
-    def reader(self, space: str, block: Tensor) -> Tensor:
-        """``[d_ideal, d_head]`` map that reads ``block`` out of subspace ``space`` (for W_Q, W_K, W_V)."""
-        w = torch.zeros(self.layout.d_ideal, self.d_head)
-        w[self.sub(space)] = block
-        return w
-
-    def writer(self, space: str, block: Tensor) -> Tensor:
-        """``[d_head, d_ideal]`` map writing ``block``'s rows into subspace ``space`` (for W_O)."""
-        w = torch.zeros(self.d_head, self.layout.d_ideal)
-        w[: block.shape[0], self.sub(space)] = block
-        return w
 
     def set_head(
         self,
@@ -220,13 +227,17 @@ class GPT2Constructor:
             sd[p + "mlp.c_fc.bias"] = self.mlp_b_in[layer].double()
             sd[p + "mlp.c_proj.weight"] = self.mlp_out[layer].double() @ u.T
         sd["lm_head.weight"] = (u @ self.unembed.double()).T.contiguous()
-        missing = set(model.state_dict()) - set(sd)
-        if missing:
-            raise RuntimeError(f"constructor left weights unset: {sorted(missing)}")
-        # entries that are zero in the ideal basis come out as float64 noise (~1e-15) that differs with
-        # the thread count: snap them to zero before rounding
-        model.load_state_dict({k: v.masked_fill(v.abs() < 1e-9, 0.0).to(torch.float32) for k, v in sd.items()})
+        load_float64(model, sd)
         return model.eval()
+
+
+def load_float64(model: torch.nn.Module, state: dict[str, Tensor]) -> None:
+    """Load float64 weights rounded to float32 once. Entries that are zero in the ideal basis come out as
+    float64 noise (~1e-15) that differs with the thread count: they are snapped to zero first."""
+    missing = set(model.state_dict()) - set(state)
+    if missing:
+        raise RuntimeError(f"constructor left weights unset: {sorted(missing)}")
+    model.load_state_dict({k: v.masked_fill(v.abs() < 1e-9, 0.0).to(torch.float32) for k, v in state.items()})
 
 
 def one_hot_rows(n: int, width: int, scale: float = 1.0) -> Tensor:

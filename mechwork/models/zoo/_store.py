@@ -42,13 +42,32 @@ _SHARED_BUILD_MODULES = ("mechwork.models.zoo._construct", "mechwork.models.zoo.
 
 
 def builder_source_hash(entry: ZooEntry) -> str:
-    """SHA-256 over the source of the module that defines the entry's builder and the shared build modules."""
+    """SHA-256 over the source of the module that defines the entry's builder, the mechwork modules it
+    draws names from (transitively: ``induction_llama`` reuses ``induction``'s constants), and the
+    shared build modules."""
     digest = hashlib.sha256()
     digest.update(_source_of_builder(entry.builder))
-    for name in _SHARED_BUILD_MODULES:
+    for name in sorted(_build_dependencies(entry.builder) | set(_SHARED_BUILD_MODULES)):
         __import__(name)
         digest.update(f"{name}\n{inspect.getsource(sys.modules[name])}\n".encode())
     return digest.hexdigest()
+
+
+def _build_dependencies(builder) -> set[str]:
+    """mechwork.models modules reachable from the builder's module through the names each one imports."""
+    seen: set[str] = set()
+    todo = [builder.__module__]
+    while todo:
+        name = todo.pop()
+        module = sys.modules.get(name)
+        if name in seen or module is None or not name.startswith("mechwork.models"):
+            continue
+        seen.add(name)
+        for value in vars(module).values():
+            source = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", None)
+            if isinstance(source, str) and source not in seen:
+                todo.append(source)
+    return seen
 
 
 def _source_of_builder(builder) -> bytes:
