@@ -17,7 +17,6 @@ Every line with a target ends in ``met`` or ``MISSED``; ``--check`` exits 1 when
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import sys
 import time
@@ -48,6 +47,7 @@ from _extrapolate import (
 
 from mechwork.discovery import CircuitEvaluator, DiscoveryTask, discover
 from mechwork.graph import Graph
+from mechwork.hooks._runner import hook_flags
 
 SPEEDUP = Target(">=", 5, "x")
 ACDC_GPT2 = Target("<", 30, " min")
@@ -57,20 +57,9 @@ AGREE = Target("<=", 1e-4)
 EXTRAPOLATION = Target("in", 0.8, hi=1.25)  # extrapolated / measured on the small model
 
 
-@contextlib.contextmanager
 def edge_hooks_off(model):
     """The bridge's per-head edge hooks (result, split q/k/v, MLP input) off: the fastest plain forward."""
-    cfg = model.cfg
-    saved = (bool(cfg.use_attn_result), bool(cfg.use_split_qkv_input), bool(cfg.use_hook_mlp_in))
-    model.set_use_attn_result(False)
-    model.set_use_split_qkv_input(False)
-    model.set_use_hook_mlp_in(False)
-    try:
-        yield
-    finally:
-        model.set_use_attn_result(saved[0])
-        model.set_use_split_qkv_input(saved[1])
-        model.set_use_hook_mlp_in(saved[2])
+    return hook_flags(model, attn_result=False, split_qkv=False, mlp_in=False)
 
 
 def forward_baseline(model, tokens, repeats: int) -> Spread:

@@ -181,8 +181,21 @@ def check_graph(model) -> Cell:
         if scores.shape != (graph.n_edges,) or not bool(torch.isfinite(scores).all()):
             return Cell(False, f"{method.name} gave scores of shape {tuple(scores.shape)} or non-finite ones")
         names.append(method.name)
-    return Cell(True, f"{graph.n_edges} edges ({'parallel' if graph.parallel else 'sequential'} blocks); "
-                      f"all kept = clean, none kept = corrupted; {len(names)} methods run")
+    return Cell(True, f"{graph.n_edges} edges ({'parallel' if graph.parallel else 'sequential'} blocks"
+                      f"{_computed_routes(model)}); all kept = clean, none kept = corrupted; {len(names)} methods run")
+
+
+def _computed_routes(model) -> str:
+    """Which access points mechwork computes because the bridge lacks their hooks (models/_edge_access.py)."""
+    from ..models import structure_of
+    from ..models._edge_access import Access
+
+    access = structure_of(model).edge_access
+    computed = [what for what, route in (("head outputs from hook_z and W_O", access.head_outputs),
+                                         ("head inputs through ln1 and W_Q/W_K/W_V", access.head_inputs),
+                                         ("MLP input through the shared ln1", access.mlp_inputs))
+                if route is Access.COMPUTED]
+    return "; computed by mechwork: " + ", ".join(computed) if computed else ""
 
 
 def _structure_summary(model) -> str:

@@ -15,7 +15,8 @@ from torch import Tensor
 from ..graph import PORTS, Graph
 from ..graph._engine import recording_outputs
 from ..hooks._attribution import frozen_parameters
-from ..hooks._runner import hook_flags, run_from
+from ..hooks._edge_points import edge_flags, head_input_hooks, mlp_input_hooks
+from ..hooks._runner import run_from
 from ..metrics import as_scalar, metric_name
 from ._types import DiscoveryTask
 
@@ -31,16 +32,16 @@ class DestinationGrads:
     outputs: Tensor | None = None  # node outputs of the first run, when asked for
 
 
-def _grad_hooks(graph: Graph, grads: DestinationGrads) -> list:
+def _grad_hooks(model, graph: Graph, grads: DestinationGrads) -> list:
     def tap(store):
-        def hook(act: Tensor, hook) -> Tensor:
+        def edit(act: Tensor) -> Tensor:
             # A fresh tensor: the bridge may pass the same tensor on along the residual stream (hook_mlp_in
             # is resid_mid itself), and only the gradient through this destination's input is wanted.
             tapped = act.clone()
             tapped.register_hook(store)
             return tapped
 
-        return hook
+        return edit
 
     def into_attn(layer: int, p: int):
         def store(g: Tensor) -> None:
@@ -56,9 +57,11 @@ def _grad_hooks(graph: Graph, grads: DestinationGrads) -> list:
 
     hooks = []
     for layer in range(graph.n_layers):
-        hooks += [(f"blocks.{layer}.hook_{port}_input", tap(into_attn(layer, p))) for p, port in enumerate(PORTS)]
-        hooks.append((f"blocks.{layer}.hook_mlp_in", tap(into(grads.mlp[layer]))))
-    hooks.append((f"blocks.{graph.n_layers - 1}.hook_resid_post", tap(into(grads.logits))))
+        for p, port in enumerate(PORTS):
+            hooks += head_input_hooks(model, layer, port, tap(into_attn(layer, p)))
+        hooks += mlp_input_hooks(model, layer, tap(into(grads.mlp[layer])))
+    tap_logits = tap(into(grads.logits))
+    hooks.append((f"blocks.{graph.n_layers - 1}.hook_resid_post", lambda act, hook: tap_logits(act)))
     return hooks
 
 
@@ -82,12 +85,12 @@ def destination_grads(
         logits=zeros(b, p, d),
         metric_values=[],
     )
-    hooks = _grad_hooks(graph, grads)
+    hooks = _grad_hooks(model, graph, grads)
     first_hooks = hooks
     if record_outputs:
-        grads.outputs, recorders = recording_outputs(graph, residuals[0])
+        grads.outputs, recorders = recording_outputs(model, graph, residuals[0])
         first_hooks = hooks + recorders
-    with hook_flags(model, attn_result=record_outputs, split_qkv=True, mlp_in=True), frozen_parameters(model):
+    with edge_flags(model, outputs=record_outputs, inputs=True), frozen_parameters(model):
         for i, resid in enumerate(residuals):
             hooks_now = first_hooks if i == 0 else hooks
             with torch.enable_grad():

@@ -16,6 +16,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..graph import PORTS, Graph, clean_start, run_circuit
+from ..hooks._edge_points import edge_flag_values, head_input_hooks, mlp_input_hooks
 from ..hooks._runner import embed, run_layer_then_rest
 from ..metrics import as_scalar, metric_name
 from ._exact_fast import FastExact, fast_exact_for
@@ -85,11 +86,10 @@ def _run_chunk(model, graph, task, clean: _CleanRun, deltas, layer, kind, chunk,
         return _scores_of(logits, task, n, batch, clean.value)
     resid = clean.resid_pre[layer].unsqueeze(0).expand(n, -1, -1, -1).flatten(0, 1)
     if kind == "mlp":
-        def edit_mlp(act: Tensor, hook) -> Tensor:
+        def edit_mlp(act: Tensor) -> Tensor:
             return act - edits.flatten(0, 1).to(act.dtype)
 
-        hooks = [(f"blocks.{layer}.hook_mlp_in", edit_mlp)]
-        flags = {"attn_result": False, "split_qkv": False, "mlp_in": True}
+        hooks = mlp_input_hooks(model, layer, edit_mlp)
     else:
         hooks = []
         for p, port in enumerate(PORTS):
@@ -99,13 +99,13 @@ def _run_chunk(model, graph, task, clean: _CleanRun, deltas, layer, kind, chunk,
             rows_t = torch.tensor(rows, device=deltas.device)
             heads_t = torch.tensor([chunk[i][2] for i in rows], device=deltas.device)
 
-            def edit_head(act: Tensor, hook, rows_t=rows_t, heads_t=heads_t) -> Tensor:
+            def edit_head(act: Tensor, rows_t=rows_t, heads_t=heads_t) -> Tensor:
                 act = act.clone().view(n, batch, *act.shape[1:])  # [n, batch, pos, heads, d]
                 act[rows_t, :, :, heads_t] -= edits[rows_t].to(act.dtype)
                 return act.flatten(0, 1)
 
-            hooks.append((f"blocks.{layer}.hook_{port}_input", edit_head))
-        flags = {"attn_result": False, "split_qkv": True, "mlp_in": False}
+            hooks += head_input_hooks(model, layer, port, edit_head)
+    flags = edge_flag_values(model, outputs=False, inputs=True)
     logits = run_layer_then_rest(model, resid, layer, position=task.position, layer_hooks=hooks, flags=flags)
     return _scores_of(logits, task, n, batch, clean.value)
 

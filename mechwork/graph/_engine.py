@@ -4,10 +4,11 @@ A destination's input is ``x_d = sum_u out_u + const``. With mask ``m`` on its i
 receives ``x_d - sum_u (1 - m_ud) * (out_u - ablated_u)``: a kept edge (``m = 1``) passes the
 source's output from this very run, an ablated one (``m = 0``) passes the ablation value (the
 corrupted run's output, a mean, or zero). Outputs of upstream nodes are read as the forward runs, so
-a node whose own inputs were masked passes its changed output on. The correction is applied at the
-bridge's edge-level hook points (``hook_q_input``/``k``/``v`` per head, or per key/value head under
-grouped-query attention, ``hook_mlp_in``, and the last ``hook_resid_post`` for the logits), before each
-norm, so it is exact for every block structure the graph accepts (``ModelStructure.require_edge_graph``).
+a node whose own inputs were masked passes its changed output on. The correction is applied to each
+destination's own pre-norm input (a head's q/k/v copy, per key/value head under grouped-query
+attention, the MLP's input, and the last ``hook_resid_post`` for the logits) through the access points
+of ``hooks/_edge_points.py`` (the bridge's edge hooks, or mechwork's computed ones where the bridge has
+none), so it is exact for every block structure the graph accepts (``ModelStructure.require_edge_graph``).
 
 Masks may be fractional and require grad; gradients with respect to the mask are edge attributions.
 """
@@ -21,47 +22,44 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ..hooks._runner import embed, hook_flags, run_from
+from ..hooks._edge_points import edge_flags, head_input_hooks, head_output_hooks, mlp_input_hooks
+from ..hooks._runner import embed, run_from
 from ..hooks._validation import InputError
 from ._graph import PORTS, Graph, MaskViews
 
 AblationValues = Float[Tensor, "_batch pos sources d_model"]  # batch 1 for mean/zero
 
 
-def _edge_flags(model):
-    return hook_flags(model, attn_result=True, split_qkv=True, mlp_in=True)
-
-
-def output_hooks(graph: Graph, record: Callable[[int, Tensor], None]) -> list:
+def output_hooks(model, graph: Graph, record: Callable[[int, Tensor], None]) -> list:
     """Hooks that hand every head's and MLP's output (with its first source index) to ``record``."""
     hooks = []
     for layer in range(graph.n_layers):
         first_head = graph.head_source(layer, 0)
-        hooks.append((f"blocks.{layer}.attn.hook_result", lambda a, hook, i=first_head: record(i, a)))
+        hooks += head_output_hooks(model, layer, lambda a, i=first_head: record(i, a))
         mlp = graph.mlp_source(layer)
         hooks.append((f"blocks.{layer}.hook_mlp_out", lambda a, hook, i=mlp: record(i, a.unsqueeze(2))))
     return hooks
 
 
-def recording_outputs(graph: Graph, resid: Float[Tensor, "batch pos d_model"]) -> tuple[Tensor, list]:
+def recording_outputs(model, graph: Graph, resid: Float[Tensor, "batch pos d_model"]) -> tuple[Tensor, list]:
     """A ``[batch, pos, sources, d_model]`` buffer holding the input node's output (``resid``), and
-    hooks that fill in every head's and MLP's output (detached) as a forward runs (needs
-    ``hook_result``, i.e. the bridge's ``attn_result`` flag)."""
+    hooks that fill in every head's and MLP's output (detached) as a forward runs (under
+    ``edge_flags(model, outputs=True, ...)``)."""
     out = resid.new_zeros(*resid.shape[:2], graph.n_sources, resid.shape[-1])
     out[:, :, 0] = resid.detach()
 
     def record(i: int, value: Tensor) -> None:
         out[:, :, i : i + value.shape[2]] = value.detach()
 
-    return out, output_hooks(graph, record)
+    return out, output_hooks(model, graph, record)
 
 
 @torch.no_grad()
 def node_outputs(model, graph: Graph, tokens: Int[Tensor, "batch pos"]) -> AblationValues:
     """Every source node's output on ``tokens``: ``[batch, pos, sources, d_model]``."""
     resid = embed(model, tokens)
-    out, hooks = recording_outputs(graph, resid)
-    with hook_flags(model, attn_result=True, split_qkv=False, mlp_in=False):
+    out, hooks = recording_outputs(model, graph, resid)
+    with edge_flags(model, outputs=True, inputs=False):
         run_from(model, resid, 0, position=-1, fwd_hooks=hooks)
     return out
 
@@ -136,26 +134,25 @@ def _squeeze(out: Tensor, heads: bool, positional: bool) -> Tensor:
     return out.squeeze(-2) if positional and not heads else out
 
 
-def _input_hooks(graph: Graph, views: MaskViews, deltas: _Deltas, skip_kept: bool) -> list:
+def _input_hooks(model, graph: Graph, views: MaskViews, deltas: _Deltas, skip_kept: bool) -> list:
     hooks = []
 
     def correct(weights: Tensor, n_src: int, heads: bool):
-        def hook(act: Tensor, hook) -> Tensor | None:
+        def edit(act: Tensor) -> Tensor | None:
             if skip_kept and not bool(weights.any()):
                 return None
             return act - deltas.mix(weights, n_src, heads).to(act.dtype)
 
-        return hook
+        return edit
 
     for layer in range(graph.n_layers):
         for p, port in enumerate(PORTS):
             weights = 1 - views.attn[layer][p]  # [(pos,) heads of the port, sources]
-            fix = correct(weights, graph.n_sources_attn(layer), True)
-            hooks.append((f"blocks.{layer}.hook_{port}_input", fix))
-        fix = correct(1 - views.mlp[layer], graph.n_sources_mlp(layer), False)
-        hooks.append((f"blocks.{layer}.hook_mlp_in", fix))
+            hooks += head_input_hooks(model, layer, port, correct(weights, graph.n_sources_attn(layer), True))
+        hooks += mlp_input_hooks(model, layer, correct(1 - views.mlp[layer], graph.n_sources_mlp(layer), False))
     last = f"blocks.{graph.n_layers - 1}.hook_resid_post"
-    hooks.append((last, correct(1 - views.logits, graph.n_sources, False)))
+    fix_logits = correct(1 - views.logits, graph.n_sources, False)
+    hooks.append((last, lambda act, hook: fix_logits(act)))
     return hooks
 
 
@@ -185,8 +182,9 @@ def masked_forward(
     else:
         deltas.buffer = resid.new_zeros(*resid.shape[:2], graph.n_sources, resid.shape[-1])
     deltas.add(0, resid.unsqueeze(2))
-    hooks = output_hooks(graph, deltas.add) + _input_hooks(graph, graph.split(mask), deltas, skip_kept=not grad)
-    with _edge_flags(model):
+    hooks = output_hooks(model, graph, deltas.add) + _input_hooks(model, graph, graph.split(mask), deltas,
+                                                                   skip_kept=not grad)
+    with edge_flags(model, outputs=True, inputs=True):
         return run_from(model, resid, 0, position=position, fwd_hooks=hooks)
 
 
@@ -203,13 +201,13 @@ class CleanStart:
 def clean_start(model, graph: Graph, resid: Float[Tensor, "batch pos d_model"], position: int = -1) -> CleanStart:
     """One clean forward from ``resid`` recording the residual entering every layer (and leaving the
     last), every source's output, and the logits at ``position``."""
-    outputs, hooks = recording_outputs(graph, resid)
+    outputs, hooks = recording_outputs(model, graph, resid)
     pre: dict[int, Tensor] = {}
     hooks += [(f"blocks.{layer}.hook_resid_pre", lambda a, hook, i=layer: pre.__setitem__(i, a.clone()))
               for layer in range(graph.n_layers)]
     last = graph.n_layers - 1
     hooks.append((f"blocks.{last}.hook_resid_post", lambda a, hook: pre.__setitem__(last + 1, a.clone())))
-    with hook_flags(model, attn_result=True, split_qkv=False, mlp_in=False):
+    with edge_flags(model, outputs=True, inputs=False):
         logits = run_from(model, resid, 0, position=position, fwd_hooks=hooks)
     return CleanStart([pre[i] for i in range(graph.n_layers + 1)], outputs, logits)
 
@@ -240,8 +238,9 @@ def masked_forward_from(
     deltas.buffer = resid.new_zeros(*resid.shape[:2], graph.n_sources, resid.shape[-1])
     first = graph.n_sources_attn(layer)
     deltas.add(0, clean.outputs[:, :, :first])  # sources below the layer carry their clean outputs
-    hooks = output_hooks(graph, deltas.add) + _input_hooks(graph, graph.split(mask), deltas, skip_kept=True)
-    with _edge_flags(model):
+    hooks = output_hooks(model, graph, deltas.add) + _input_hooks(model, graph, graph.split(mask), deltas,
+                                                                   skip_kept=True)
+    with edge_flags(model, outputs=True, inputs=True):
         return run_from(model, resid, layer, position=position, fwd_hooks=hooks)
 
 

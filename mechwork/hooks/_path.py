@@ -17,7 +17,8 @@ from torch import Tensor
 
 from .._nodes import NodeRef, parse_node
 from ..metrics import as_scalar, metric_name
-from ._cache import cache_activations
+from ..models._structure import BlockLayout, structure_of
+from ._edge_points import edge_flags, head_input_hooks, head_output_hooks, mlp_input_hooks
 from ._patching import (
     Metric,
     clean_and_corrupted,
@@ -27,19 +28,33 @@ from ._patching import (
     score_variants,
 )
 from ._result import PatchingResult
-from ._runner import hook_flags, n_layers, run_from
-from ._validation import InputError
+from ._runner import hooked, n_layers, run_from
+from ._validation import InputError, check_tokens
 
 
-def sender_output_hook(model, node: NodeRef) -> tuple[str, int | None]:
-    """Hook holding a node's write to the residual stream, and the head index within it."""
+def _sender_hooks(model, node: NodeRef, store: dict) -> list:
+    """Hooks putting the sender's write to the residual stream (``[batch, pos, d_model]``) in ``store``."""
+    def keep(act: Tensor) -> None:
+        store["out"] = act if node.kind != "head" else act[:, :, node.head]
+
     if node.kind == "input":
-        return "blocks.0.hook_resid_pre", None
+        return [("blocks.0.hook_resid_pre", lambda act, hook: keep(act))]
     if node.kind == "head":
-        return f"blocks.{node.layer}.attn.hook_result", node.head
+        return head_output_hooks(model, node.layer, keep)
     if node.kind == "mlp":
-        return f"blocks.{node.layer}.hook_mlp_out", None
-    raise InputError("'logits' cannot be a sender")
+        return [(f"blocks.{node.layer}.hook_mlp_out", lambda act, hook: keep(act))]
+    raise InputError(f"{node.name} cannot be a sender: senders are 'input', heads and MLPs")
+
+
+def _run_keeping(model, tokens: Tensor, send: NodeRef, resid_names: Sequence[str]) -> tuple[Tensor, Tensor, dict]:
+    """One run: its logits, the sender's output and the residual streams named."""
+    store: dict[str, Tensor] = {}
+    resid: dict[str, Tensor] = {}
+    hooks = _sender_hooks(model, send, store)
+    hooks += [(name, lambda act, hook, name=name: resid.__setitem__(name, act)) for name in resid_names]
+    with edge_flags(model, outputs=True, inputs=False), hooked(model, hooks):
+        logits = model(check_tokens(model, tokens))
+    return logits, store["out"], resid
 
 
 def receiver_layer(model, node: NodeRef) -> int:
@@ -47,37 +62,46 @@ def receiver_layer(model, node: NodeRef) -> int:
 
 
 def check_path(model, sender: NodeRef, receiver: NodeRef) -> None:
+    structure = structure_of(model)
     for node in (sender, receiver):
         if node.layer is not None and not 0 <= node.layer < n_layers(model):
             raise InputError(f"{node.name} is outside the model's {n_layers(model)} layers")
-        if node.head is not None and not 0 <= node.head < int(model.cfg.n_heads):
-            raise InputError(f"{node.name}: the model has {model.cfg.n_heads} heads")
+        heads = structure.n_kv_heads if node.kind == "kv_head" else structure.n_heads
+        if node.head is not None and not 0 <= node.head < heads:
+            raise InputError(f"{node.name}: the model has {heads} {'key/value ' * (node.kind == 'kv_head')}heads")
     if receiver.kind == "input":
         raise InputError("'input' cannot be a receiver")
-    if receiver.kind == "head" and receiver.port is None:
+    if receiver.kind in ("head", "kv_head") and receiver.port is None:
         raise InputError(f"say which input of {receiver.name} receives: append .q, .k or .v")
+    if structure.grouped_query and receiver.kind == "head" and receiver.port in ("k", "v"):
+        group = receiver.head // (structure.n_heads // structure.n_kv_heads)
+        raise InputError(f"{receiver.name}.{receiver.port}: under grouped-query attention keys and values are "
+                         f"read once per key/value head; use blocks.{receiver.layer}.attn.kv_head.{group}."
+                         f"{receiver.port}")
+    if receiver.kind == "kv_head" and not structure.grouped_query:
+        raise InputError(f"{receiver.name}: this model has one key/value head per query head; name the head")
     if sender.kind == "input" or receiver.kind == "logits":
         return
-    downstream = receiver.layer > sender.layer or (
-        receiver.layer == sender.layer and sender.kind == "head" and receiver.kind == "mlp"
-    )
-    if not downstream:
-        raise InputError(f"{receiver.name} does not read {sender.name}: a path must go forward through the model")
+    same_layer_mlp = (receiver.layer == sender.layer and sender.kind == "head" and receiver.kind == "mlp"
+                      and structure.layout is not BlockLayout.PARALLEL)
+    if not (receiver.layer > sender.layer or same_layer_mlp):
+        raise InputError(f"{receiver.name} does not read {sender.name}: a path must go forward through the model"
+                         + (" (in a parallel block the MLP reads the block input, not its heads)"
+                            if receiver.layer == sender.layer and structure.layout is BlockLayout.PARALLEL else ""))
 
 
-def _receiver_hook(model, receiver: NodeRef, delta: Tensor):
-    """(hook name, fn) adding ``delta`` ([batch, pos, d_model]) to the receiver's own input."""
+def _receiver_hooks(model, receiver: NodeRef, delta: Tensor) -> list:
+    """Hooks adding ``delta`` ([batch, pos, d_model]) to the receiver's own input."""
     if receiver.kind == "logits":
-        return f"blocks.{n_layers(model) - 1}.hook_resid_post", lambda act, hook: act + delta
-    if receiver.kind == "head":
-
-        def add_to_head(act: Tensor, hook) -> Tensor:
+        return [(f"blocks.{n_layers(model) - 1}.hook_resid_post", lambda act, hook: act + delta)]
+    if receiver.kind in ("head", "kv_head"):
+        def add_to_head(act: Tensor) -> Tensor:
             act = act.clone()
             act[:, :, receiver.head] += delta
             return act
 
-        return f"blocks.{receiver.layer}.hook_{receiver.port}_input", add_to_head
-    return f"blocks.{receiver.layer}.hook_mlp_in", lambda act, hook: act + delta
+        return head_input_hooks(model, receiver.layer, receiver.port, add_to_head)
+    return mlp_input_hooks(model, receiver.layer, lambda act: act + delta)
 
 
 @torch.no_grad()
@@ -100,18 +124,16 @@ def path_patching(
         raise InputError("name at least one receiver")
     for r in recvs:
         check_path(model, send, r)
-    out_hook, head = sender_output_hook(model, send)
     start = min(receiver_layer(model, r) for r in recvs)
-    with hook_flags(model, attn_result=True, split_qkv=True, mlp_in=True):
-        _, base = cache_activations(model, base_tokens, sorted({out_hook, resid_name(model, start)}))
-        _, source = cache_activations(model, source_tokens, [out_hook])
-        delta = source[out_hook] - base[out_hook]
-        delta = delta[:, :, head] if head is not None else delta
-        resid = base[resid_name(model, start)]
-        if start == n_layers(model):  # only logits receive: the final residual itself is the input
-            resid, hooks = resid + delta, []
-        else:
-            hooks = [_receiver_hook(model, r, delta) for r in recvs]
+    _, base_out, base = _run_keeping(model, base_tokens, send, [resid_name(model, start)])
+    _, source_out, _ = _run_keeping(model, source_tokens, send, [])
+    delta = source_out - base_out
+    resid = base[resid_name(model, start)]
+    if start == n_layers(model):  # only logits receive: the final residual itself is the input
+        resid, hooks = resid + delta, []
+    else:
+        hooks = [h for r in recvs for h in _receiver_hooks(model, r, delta)]
+    with edge_flags(model, outputs=False, inputs=True):
         logits = run_from(model, resid, start, position=metric_position(metric), fwd_hooks=hooks)
     return score_variants(metric, logits, 1)[0]
 
@@ -130,35 +152,37 @@ def path_patching_sweep(
     """Path-patch ``sender`` into the ``port`` input of every later head, one head at a time.
 
     Returns dims ``(layer, head)``; heads that cannot receive from the sender are NaN. All heads of a
-    layer run as one batch from that layer's residual stream.
+    layer run as one batch from that layer's residual stream. Under grouped-query attention keys and
+    values are read once per key/value head, so for ``port`` ``k``/``v`` the head axis is the key/value
+    heads (``blocks.L.attn.kv_head.G``).
     """
     if port not in ("q", "k", "v"):
         raise InputError(f"port must be 'q', 'k' or 'v', got {port!r}")
     clean, corrupted, base_tokens, source_tokens = oriented_pair(model, clean, corrupted, direction)
     send = parse_node(sender)
-    n_layer, n_head = n_layers(model), int(model.cfg.n_heads)
-    out_hook, head = sender_output_hook(model, send)
+    structure = structure_of(model)
+    n_layer = n_layers(model)
+    n_recv = structure.n_kv_heads if port != "q" else structure.n_heads  # k/v: key/value heads under GQA
     first = 0 if send.kind == "input" else send.layer + 1
-    values = torch.full((n_layer, n_head), float("nan"))
+    values = torch.full((n_layer, n_recv), float("nan"))
     name = metric_name(metric)
-    with hook_flags(model, attn_result=True, split_qkv=True, mlp_in=True):
-        resid_hooks = [resid_name(model, layer) for layer in range(first, n_layer)]
-        base_logits, base = cache_activations(model, base_tokens, sorted({out_hook, *resid_hooks}))
-        source_logits, source = cache_activations(model, source_tokens, [out_hook])
-        delta = source[out_hook] - base[out_hook]
-        delta = delta[:, :, head] if head is not None else delta
+    resid_hooks = [resid_name(model, layer) for layer in range(first, n_layer)]
+    base_logits, base_out, base = _run_keeping(model, base_tokens, send, resid_hooks)
+    source_logits, source_out, _ = _run_keeping(model, source_tokens, send, [])
+    delta = source_out - base_out
+    onehot = torch.eye(n_recv, dtype=delta.dtype, device=delta.device)  # variant k feeds head k
+
+    def feed(act: Tensor) -> Tensor:
+        view = act.reshape(n_recv, -1, *act.shape[1:])  # [variant, batch, pos, head, d_model]
+        view = view + onehot[:, None, None, :, None] * delta[None, :, :, None, :]
+        return view.reshape(act.shape)
+
+    with edge_flags(model, outputs=False, inputs=True):
         for layer in range(first, n_layer):
-            resid = base[resid_name(model, layer)].repeat(n_head, 1, 1)
-            onehot = torch.eye(n_head, dtype=delta.dtype, device=delta.device)  # variant k feeds head k
-
-            def feed(act: Tensor, hook, onehot=onehot) -> Tensor:
-                view = act.reshape(n_head, -1, *act.shape[1:])  # [variant, batch, pos, head, d_model]
-                view = view + onehot[:, None, None, :, None] * delta[None, :, :, None, :]
-                return view.reshape(act.shape)
-
-            hooks = [(f"blocks.{layer}.hook_{port}_input", feed)]
+            resid = base[resid_name(model, layer)].repeat(n_recv, 1, 1)
+            hooks = head_input_hooks(model, layer, port, feed)
             logits = run_from(model, resid, layer, position=metric_position(metric), fwd_hooks=hooks)
-            values[layer] = torch.tensor(score_variants(metric, logits, n_head))
+            values[layer] = torch.tensor(score_variants(metric, logits, n_recv))
     clean_logits, corrupted_logits = clean_and_corrupted(direction, base_logits, source_logits)
     return PatchingResult(
         values=values,

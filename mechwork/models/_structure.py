@@ -22,6 +22,8 @@ from enum import Enum
 
 import torch
 
+from ._edge_access import Access, EdgeAccess, probe_edge_access
+
 
 class BlockLayout(Enum):
     SEQUENTIAL = "sequential"  # resid_mid = resid_pre + attn(ln1(resid_pre)); MLP reads resid_mid
@@ -84,6 +86,9 @@ class ModelStructure:
     head_input_hooks: bool = True
     mlp_input_hook: bool = True  # blocks.{l}.hook_mlp_in fires and feeds the MLP (and only the MLP)
     attn_out_norm: bool = False  # a norm on the summed attention output before the residual add (Gemma 2/3, OLMo 2)
+    # How the edge graph reaches head outputs, head inputs and MLP inputs: the bridge's hooks above, or
+    # computed by mechwork where they are missing (models/_edge_access.py, checked on the model).
+    edge_access: EdgeAccess = EdgeAccess(Access.BRIDGE, Access.BRIDGE, Access.BRIDGE)
 
     @property
     def grouped_query(self) -> bool:
@@ -112,12 +117,19 @@ class ModelStructure:
         if self.attn_out_norm:
             gaps.append("a norm on the attention output before the residual add, so heads' writes to the "
                         "residual stream are not additive")
-        if not self.head_result_hook:
-            gaps.append("no per-head result hook (blocks.L.attn.hook_result) on the bridge")
-        if not self.head_input_hooks:
-            gaps.append("no per-head q/k/v input hooks (blocks.L.hook_{q,k,v}_input) on the bridge")
-        if self.mlp is not MLPKind.NONE and not self.mlp_input_hook:
-            gaps.append("no MLP-input hook on the bridge (blocks.L.hook_mlp_in never reaches the MLP)")
+        access, why = self.edge_access, f": {self.edge_access.why}" if self.edge_access.why else ""
+        if access.head_outputs is Access.NONE:
+            gaps.append("no per-head result hook (blocks.L.attn.hook_result) on the bridge, and hook_z times "
+                        f"W_O does not reproduce the attention output{why}")
+        if access.head_inputs is Access.NONE:
+            gaps.append("no per-head q/k/v input hooks (blocks.L.hook_{q,k,v}_input) on the bridge, and ln1 "
+                        f"then W_Q/W_K/W_V does not reproduce blocks.L.attn.hook_q/k/v{why}")
+        if self.mlp is not MLPKind.NONE and access.mlp_inputs is Access.NONE:
+            gaps.append("no MLP-input hook on the bridge (blocks.L.hook_mlp_in never reaches the MLP)"
+                        + ("" if self.layout is BlockLayout.PARALLEL else
+                           ", and in a sequential block mechwork does not rebuild the MLP's input"))
+        if not self.start_at_layer_exact:
+            gaps.append("the bridge's start_at_layer does not resume at the block")
         return gaps
 
     def require_edge_graph(self) -> None:
@@ -143,6 +155,13 @@ def structure_of(model) -> ModelStructure:
     blocks = list(getattr(model, "blocks", None) or [])
     parallel = bool(getattr(cfg, "parallel_attn_mlp", False)) or any(
         type(b).__name__ == "ParallelBlockBridge" for b in blocks)
+    result_hook, input_hooks = _attention_supports(blocks, "result"), _attention_supports(blocks, "split_qkv")
+    mlp = _mlp_kind(cfg)
+    mlp_in_fires = _mlp_input_hook_fires(model)
+    shares_norm = parallel and bool(blocks) and all(getattr(b, "ln2", None) is None for b in blocks)
+    access = probe_edge_access(model, result_hook=result_hook, input_hooks=input_hooks, mlp_in_fires=mlp_in_fires,
+                               shares_norm=shares_norm, has_mlp=mlp is not MLPKind.NONE) if blocks else EdgeAccess(
+        Access.NONE, Access.NONE, Access.NONE, "the model has no blocks")
     return ModelStructure(
         architecture=str(getattr(cfg, "architecture", None) or type(model).__name__),
         n_layers=int(cfg.n_layers),
@@ -152,12 +171,13 @@ def structure_of(model) -> ModelStructure:
         d_head=int(cfg.d_head),
         layout=BlockLayout.PARALLEL if parallel else BlockLayout.SEQUENTIAL,
         norm=_norm_kind(getattr(cfg, "normalization_type", None), getattr(cfg, "uses_rms_norm", False)),
-        mlp=_mlp_kind(cfg),
+        mlp=mlp,
         positions=_position_kind(str(getattr(cfg, "positional_embedding_type", "standard"))),
-        head_result_hook=_attention_supports(blocks, "result"),
-        head_input_hooks=_attention_supports(blocks, "split_qkv"),
-        mlp_input_hook=_mlp_input_hook_fires(model),
+        head_result_hook=result_hook,
+        head_input_hooks=input_hooks,
+        mlp_input_hook=mlp_in_fires,
         attn_out_norm=bool(blocks) and all("ln1_post" in (getattr(b, "submodules", None) or {}) for b in blocks),
+        edge_access=access,
     )
 
 

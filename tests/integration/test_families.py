@@ -22,7 +22,9 @@ from mechwork.discovery import DiscoveryTask, discover, methods, top_n
 from mechwork.graph import Graph, ablation_values, run_circuit
 from mechwork.hooks import activation_patching, cache_activations
 from mechwork.models import SlowPathWarning, UnsupportedModelError, structure_of
+from mechwork.models._edge_access import Access
 from tests.edge_reference import all_edges, run_with_edges_ablated
+from tests.edge_reference_passes import run_with_edges_ablated_by_passes
 from tests.families import BRIDGE_LACKS, EXPECTED, family_names, get_family, prompts, tiny_family
 
 FAMILIES = family_names()
@@ -31,8 +33,13 @@ FAMILIES = family_names()
 # implemented, drop it here and the families it covers must then build an exact graph.
 GRAPH_CANNOT = {
     "a norm on the attention output": lambda name: EXPECTED[name].attn_out_norm,
+    "start_at_layer does not resume": lambda name: name == "bloom",
 }
 BRIDGE_GAP_TEXT = {"result": "per-head result hook", "qkv": "q/k/v input hooks", "mlp_in": "MLP-input hook"}
+# Where the bridge lacks an edge hook, mechwork computes it (models/_edge_access.py): head outputs and
+# inputs always; the MLP input only in a parallel block whose MLP shares ln1 (GPT-J, Phi, Falcon).
+MECHWORK_COMPUTES = {"result": lambda name: True, "qkv": lambda name: True,
+                     "mlp_in": lambda name: EXPECTED[name].layout is mechwork.models.BlockLayout.PARALLEL}
 
 # TransformerLens 4.3.0's BloomBlockBridge.forward never calls _maybe_inject_start_residual, so
 # bridge(resid, start_at_layer=l) does not resume at block l: it runs every block on resid taken as input
@@ -55,7 +62,7 @@ def root(tmp_path_factory):
 
 def _expected_gaps(name: str) -> list[str]:
     gaps = [text for text, applies in GRAPH_CANNOT.items() if applies(name)]
-    return gaps + [BRIDGE_GAP_TEXT[k] for k in sorted(BRIDGE_LACKS.get(name, ()))]
+    return gaps + [BRIDGE_GAP_TEXT[k] for k in sorted(BRIDGE_LACKS.get(name, ())) if not MECHWORK_COMPUTES[k](name)]
 
 
 def _metric(clean):
@@ -111,6 +118,10 @@ def test_structure_matches_the_family(name, root):
     if not s.head_input_hooks:
         with pytest.raises(NotImplementedError, match="use_split_qkv_input"):
             model.set_use_split_qkv_input(True)
+    routes = {k: (Access.BRIDGE if k not in lacks else Access.COMPUTED if MECHWORK_COMPUTES[k](name) else Access.NONE)
+              for k in BRIDGE_GAP_TEXT}
+    assert (s.edge_access.head_outputs, s.edge_access.head_inputs, s.edge_access.mlp_inputs) == (
+        routes["result"], routes["qkv"], routes["mlp_in"])
     _check_mlp_input_hook_by_effect(model, s.mlp_input_hook)
     _check_start_at_layer(model, exact=s.start_at_layer_exact)
     if s.head_result_hook:
@@ -219,8 +230,13 @@ def test_edge_graph_is_exact_or_refused_by_name(name, root):
                                    atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(run_circuit(model, graph, clean, graph.full_mask(0.0), ablated),
                                    model(corrupted), atol=1e-4, rtol=1e-4)
-        reference = run_with_edges_ablated(model, clean, corrupted, removed)
-        torch.testing.assert_close(run_circuit(model, graph, clean, (~drop).float(), ablated), reference,
+        ours = run_circuit(model, graph, clean, (~drop).float(), ablated)
+    # two independent references: repeated plain-hook passes (any family), and where the bridge has every
+    # edge hook, one pass that edits them directly
+    reference = run_with_edges_ablated_by_passes(model, clean, corrupted, removed)
+    torch.testing.assert_close(ours, reference, atol=1e-4, rtol=1e-4)
+    if not BRIDGE_LACKS.get(name):
+        torch.testing.assert_close(run_with_edges_ablated(model, clean, corrupted, removed), reference,
                                    atol=1e-4, rtol=1e-4)
     assert (reference - model(clean)).abs().max() > 1e-2  # the random circuit changes the output
 
@@ -244,7 +260,7 @@ def test_every_method_runs_and_its_circuit_is_what_brute_force_computes(name, me
     ablated = ablation_values(model, graph, "corrupted", clean, corrupted)
     with torch.no_grad():
         ours = run_circuit(model, graph, clean, graph.mask_of(kept), ablated)
-    reference = run_with_edges_ablated(model, clean, corrupted, set(graph.edges) - kept)
+    reference = run_with_edges_ablated_by_passes(model, clean, corrupted, set(graph.edges) - kept)
     torch.testing.assert_close(ours, reference, atol=1e-4, rtol=1e-4)
 
 
@@ -252,11 +268,13 @@ def test_the_architecture_table_is_produced_by_running_the_checks(tmp_path, caps
     from mechwork.cli import main
 
     out = tmp_path / "architectures.md"
-    assert main(["architectures", "--family", "gpt2", "--family", "gptj", "--out", str(out)]) == 0
+    assert main(["architectures", "--family", "gpt2", "--family", "gptj", "--family", "gemma2", "--out",
+                 str(out)]) == 0
     rows = {line.split(" | ")[0].strip("| "): line for line in out.read_text().splitlines() if line.startswith("| g")}
-    assert set(rows) == {"gpt2", "gptj"}
-    assert rows["gpt2"].count("✅") == 4 and "❌" not in rows["gpt2"]
-    assert rows["gptj"].count("✅") == 3 and "❌ no per-head result hook" in rows["gptj"]
+    assert set(rows) == {"gpt2", "gptj", "gemma2"}
+    assert rows["gpt2"].count("✅") == 4 and "❌" not in rows["gpt2"] and "computed by mechwork" not in rows["gpt2"]
+    assert rows["gptj"].count("✅") == 4 and "computed by mechwork: head outputs from hook_z" in rows["gptj"]
+    assert rows["gemma2"].count("✅") == 3 and "❌ a norm on the attention output" in rows["gemma2"]
     assert "test_families.py::test_caching_equals_run_with_cache" in out.read_text()
     assert main(["architectures", "--family", "gpt5"]) == 2
     assert "unknown family ['gpt5']" in capsys.readouterr().err

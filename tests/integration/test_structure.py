@@ -92,8 +92,8 @@ def test_a_model_not_declared_resumable_says_so_once_and_stays_exact(tiny, tiny_
 
 def test_loading_never_requires_edge_hooks(tiny_dir, tmp_path):
     """GPT-J's bridge has neither per-head results nor q/k/v input copies: it loads, with those flags off
-    (and hook_mlp_in, which never reaches its MLP), and says so in its structure; edge_hooks=False loads
-    GPT-2 with every edge hook off."""
+    (and hook_mlp_in, which never reaches its MLP), says so in its structure, and mechwork computes those
+    routes itself, so its graph builds; edge_hooks=False loads GPT-2 with every edge hook off."""
     from mechwork.hooks import hook_names
     from mechwork.models._families import build_checkpoint
 
@@ -101,8 +101,11 @@ def test_loading_never_requires_edge_hooks(tiny_dir, tmp_path):
     s = structure_of(gptj)
     assert (s.head_result_hook, s.head_input_hooks, s.mlp_input_hook) == (False, False, False)
     assert not (gptj.cfg.use_attn_result or gptj.cfg.use_split_qkv_input or gptj.cfg.use_hook_mlp_in)
-    with pytest.raises(UnsupportedModelError, match=r"GPTJForCausalLM.*no per-head result hook.*q/k/v input"):
-        Graph.from_model(gptj)
+    from mechwork.models._edge_access import Access
+
+    access = s.edge_access
+    assert (access.head_outputs, access.head_inputs) == (Access.COMPUTED, Access.COMPUTED)
+    assert any(e.endswith("->blocks.1.attn.head.0.q") for e in Graph.from_model(gptj).edges)
     plain = mechwork.load(tiny_dir, edge_hooks=False)
     assert not (plain.cfg.use_attn_result or plain.cfg.use_split_qkv_input or plain.cfg.use_hook_mlp_in)
     assert "blocks.0.attn.hook_result" not in hook_names(plain)
