@@ -22,6 +22,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """``data`` written like :func:`atomic_write_text`: a temporary file beside ``path``, then a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
 def atomic_write_json(path: str | os.PathLike, data, *, indent: int | None = 1, **dumps) -> Path:
     """``data`` as JSON, written with :func:`atomic_write_text`."""
     return atomic_write_text(path, json.dumps(data, indent=indent, **dumps))

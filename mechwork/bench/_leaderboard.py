@@ -25,6 +25,7 @@ class BenchSettings:
     seed: int = 0
     metric: str = "logit_diff"
     ablation: str = "corrupted"
+    batch_size: int | None = None  # prompts run at once; not part of the key (results do not depend on it)
 
     def key(self) -> dict:
         return {"n_prompts": self.n_prompts, "seed": self.seed, "metric": self.metric, "ablation": self.ablation}
@@ -36,47 +37,96 @@ def circuit_models() -> list[str]:
     return [e.name for e in zoo.entries() if e.ground_truth_kind == "circuit"]
 
 
-def run_cell(model_name: str, method: str, settings: BenchSettings, out: Path) -> dict:
-    path = out / "cells" / f"{model_name}__{method}.json"
+def _cell_path(out: Path, model_name: str, method: str) -> Path:
+    return out / "cells" / f"{model_name}__{method}.json"
+
+
+def finished_cell(out: Path, model_name: str, method: str, settings: BenchSettings) -> dict | None:
+    """The cell a previous run saved with these settings, or None."""
+    path = _cell_path(out, model_name, method)
     if path.exists():
         cell = json.loads(path.read_text())
         if cell.get("settings") == settings.key():
             return cell
-    from ..discovery import find_circuit
-    from ..models import load, zoo
+    return None
 
+
+def compute_cell(context, payload: tuple[str, str, BenchSettings]) -> dict:
+    """One leaderboard cell (a unit of work: runs in-process or on a worker, which loads the model once).
+    Returns the cell and its circuit as data; the caller writes the files."""
+    from ..discovery import find_circuit
+    from ..models import zoo
+
+    model_name, method, settings = payload
     entry = zoo.get_entry(model_name)
-    model = load(f"zoo:{model_name}")
+    model = context.model(f"zoo:{model_name}")
     data = entry.task.data(settings.n_prompts, seed=settings.seed)
     circuit = find_circuit(model, data, method, metric=settings.metric, ablation=settings.ablation,
-                           truth=entry.ground_truth(), task_name=model_name, seed=settings.seed)
-    circuit.save(out / "circuits" / f"{model_name}__{method}.json")
+                           truth=entry.ground_truth(), task_name=model_name, seed=settings.seed,
+                           batch_size=settings.batch_size)
     g, f = circuit.ground_truth, circuit.faithfulness
     cell = {"settings": settings.key(), "model": model_name, "method": method,
             "edge_roc_auc": g["edge_roc_auc"], "node_roc_auc": g["node_roc_auc"],
             "precision_at_size": g["precision_at_size"], "cpr": f["curve"]["cpr"], "cmd": f["curve"]["cmd"],
             "faithfulness": f["value"], "n_edges": circuit.n_edges, "seconds": circuit.provenance["seconds"]}
-    atomic_write_json(path, cell)
+    return {"cell": cell, "circuit": circuit.to_dict()}
+
+
+def save_cell(out: Path, result: dict) -> dict:
+    """Write a computed cell: its circuit first, then the cell file that marks it finished."""
+    cell = result["cell"]
+    atomic_write_json(out / "circuits" / f"{cell['model']}__{cell['method']}.json", result["circuit"], allow_nan=True)
+    atomic_write_json(_cell_path(out, cell["model"], cell["method"]), cell)
     return cell
+
+
+def run_cell(model_name: str, method: str, settings: BenchSettings, out: Path) -> dict:
+    from ..executors import LocalExecutor
+
+    cell = finished_cell(out, model_name, method, settings)
+    if cell is None:
+        cell = save_cell(out, compute_cell(LocalExecutor().context, (model_name, method, settings)))
+    return cell
+
+
+def _progress_line(cell: dict) -> str:
+    return (f"{cell['model']:10s} {cell['method']:14s} edge AUC {cell['edge_roc_auc']:.3f}  CPR {cell['cpr']:.3f}  "
+            f"CMD {cell['cmd']:.3f}  {cell['seconds']:.2f}s")
 
 
 def run_leaderboard(out_dir: str | os.PathLike, *, models: Sequence[str] | None = None,
                     methods: Sequence[str] | None = None, settings: BenchSettings = BenchSettings(),
-                    progress=print) -> list[dict]:
+                    progress=print, executor=None) -> list[dict]:
+    """Every method x model cell, in-process or spread over ``executor`` (see :mod:`mechwork.executors`):
+    the same cells either way. Finished cells in ``out_dir`` are reused; each new cell is saved as it
+    completes, so an interrupted run (driver or worker) resumes from the cells already there."""
     from ..discovery import methods as registered
+    from ..executors import ModelSpec, Unit, executor_from
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     models = list(models or circuit_models())
     methods = list(methods or [m.name for m in registered()])
-    rows = []
-    for model_name in models:
-        for method in methods:
-            cell = run_cell(model_name, method, settings, out)
-            rows.append(cell)
-            if progress:
-                progress(f"{model_name:10s} {method:14s} edge AUC {cell['edge_roc_auc']:.3f}  CPR {cell['cpr']:.3f}  "
-                         f"CMD {cell['cmd']:.3f}  {cell['seconds']:.2f}s")
+    order = [(model_name, method) for model_name in models for method in methods]
+    cells = {f"{m}__{k}": finished_cell(out, m, k, settings) for m, k in order}
+    for cell in filter(None, cells.values()):
+        if progress:
+            progress(_progress_line(cell) + "  (finished earlier)")
+    units = [Unit(key, compute_cell, (m, k, settings), model=ModelSpec(f"zoo:{m}")) for (m, k), (key, cell)
+             in zip(order, cells.items(), strict=True) if cell is None]
+
+    def done(key: str, result: dict) -> None:
+        cells[key] = save_cell(out, result)
+        if progress:
+            progress(_progress_line(cells[key]))
+
+    runner = executor_from(executor)
+    try:
+        runner.run(units, on_done=done)
+    finally:
+        if runner is not executor:
+            runner.close()
+    rows = [cells[f"{m}__{k}"] for m, k in order]
     write_tables(out, rows, settings)
     return rows
 

@@ -48,6 +48,9 @@ _DESCRIPTIONS = {
                  "the letter that followed the earlier copy.",
     "lookup": "Key-value prompts: the model should answer with the value the prompt's key maps to.",
 }
+_COMPILED_TEXT = ("A model compiled by tracr from a RASP program (not trained): prompts are BOS and random "
+                  "tokens of its vocabulary; the answer is the program's output at the last position (for a "
+                  "numerical program, the logit of '<value>' is the value and BOS's logit is 0).")
 PAIRS_TEXT = (
     "Recover the labelling program. Inputs are the prompts '[a, b, =]' for every a, b in 0..112 (tokens '0' .. "
     "'112', then '='); the model answers 'L0' or 'L1'. It was trained on half of all 12,769 inputs, labelled by a "
@@ -72,11 +75,12 @@ def _zoo_dir(name: str):
 
 def _builtin() -> dict[str, Challenge]:
     out: dict[str, Challenge] = {}
-    for name in ("induction", "lookup"):
+    compiled = [e.name for e in zoo.entries() if e.kind == "compiled"]  # tracr programs
+    for name in ("induction", "lookup", *compiled):
         entry = zoo.get_entry(name)
         out[name] = Challenge(
             name=name, title=f"zoo:{name} — find the circuit",
-            description=_CIRCUIT_TEXT.format(task=_DESCRIPTIONS[name]),
+            description=_CIRCUIT_TEXT.format(task=_DESCRIPTIONS.get(name, _COMPILED_TEXT)),
             questions=parse_questions([{"kind": "circuit", "space": {}}], f"zoo:{name}"), model_dir=_zoo_dir(name),
             answer=lambda e=entry: {"circuit": e.ground_truth()}, public_task=entry.task.data,
         )

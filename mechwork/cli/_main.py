@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                                epilog="example: mechwork zoo build pairs trojan")
     build.add_argument("names", nargs="*", help="zoo model names (default: all)")
     build.set_defaults(func=_zoo_build)
-    from . import _architectures, _challenge, _discover, _outputs
+    from . import _architectures, _challenge, _discover, _outputs, _tracr
+
+    _tracr.add_commands(zoo_sub)
 
     _outputs.add_commands(sub)
     _challenge.add_commands(sub)
@@ -86,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ..discovery import CircuitFileError, UnknownMethodError
+    from ..executors import UnitFailed
     from ..experiments import StepFailed
     from ..hooks import InputError, UnknownHookError
     from ..models import ModelNotAvailableError
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             UnknownMethodError, ValueError, TypeError) as exc:
         print(f"mechwork: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (StepFailed, StaticExportUnavailable) as exc:
+    except (StepFailed, StaticExportUnavailable, UnitFailed, ImportError) as exc:
         print(f"mechwork: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

@@ -59,8 +59,15 @@ def run_circuits(args: argparse.Namespace) -> int:
 
 def run_run(args: argparse.Namespace) -> int:
     from ..experiments import run_experiment
+    from ._executor_args import executor_from_arguments
 
-    result = run_experiment(args.experiment, args.out, force=args.force, progress=not args.quiet)
+    executor = executor_from_arguments(args)
+    try:
+        result = run_experiment(args.experiment, args.out, force=args.force, progress=not args.quiet,
+                                executor=executor)
+    finally:
+        if executor is not None:
+            executor.close()
     for name in result.skipped:
         print(f"{name}: already done (resumed)")
     for name in result.ran:
@@ -113,4 +120,7 @@ def add_commands(sub) -> None:
     e.add_argument("--out", default=None, help="output folder (default runs/NAME)")
     e.add_argument("--force", action="store_true", help="rerun every step, even those already done")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
+    from ._executor_args import add_executor_arguments
+
+    add_executor_arguments(e)
     e.set_defaults(func=run_run)

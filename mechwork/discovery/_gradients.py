@@ -17,7 +17,7 @@ from ..graph._engine import recording_outputs
 from ..hooks._attribution import frozen_parameters
 from ..hooks._edge_points import edge_flags, head_input_hooks, mlp_input_hooks
 from ..hooks._runner import run_from
-from ..metrics import as_scalar, metric_name
+from ..metrics import as_scalar, metric_name, metric_value
 from ._types import DiscoveryTask
 
 
@@ -78,7 +78,10 @@ def destination_grads(
     (``[batch, pos, sources, d_model]``), so a caller that needs them saves a forward.
     """
     b, p, d = residuals[0].shape
-    zeros = residuals[0].new_zeros
+
+    def zeros(*shape: int) -> Tensor:  # summed over points in float32, whatever the model's dtype
+        return residuals[0].new_zeros(*shape, dtype=torch.float32)
+
     grads = DestinationGrads(
         attn=[[zeros(b, p, graph.port_heads(port), d) for port in range(3)] for _ in range(graph.n_layers)],
         mlp=[zeros(b, p, d) for _ in range(graph.n_layers)],
@@ -96,7 +99,7 @@ def destination_grads(
             with torch.enable_grad():
                 x = resid.detach().requires_grad_(True)
                 logits = run_from(model, x, 0, position=task.position, fwd_hooks=hooks_now)
-                value = task.metric.score(logits)
+                value = metric_value(task.metric, logits)
                 grads.metric_values.append(as_scalar(value, metric_name(task.metric)))
                 value.backward()
     return grads
@@ -113,9 +116,10 @@ def _source_major(x: Tensor, positional: bool) -> Tensor:
 
 def edge_attributions(graph: Graph, deltas: Tensor, grads: DestinationGrads, scale: float = 1.0) -> Tensor:
     """``-(out_u - ablated_u) . grad_d`` for every edge, summed over batch and, unless the graph
-    is resolved by position, over positions (the metric already averages over the batch).
-    ``deltas``: ``[batch, pos, sources, d_model]``."""
+    is resolved by position, over positions (the metric already averages over the batch), in float32
+    on the model's device. ``deltas``: ``[batch, pos, sources, d_model]``."""
     positional = graph.positions is not None
+    deltas = deltas.float()
     d_src = _source_major(deltas.expand(grads.logits.shape[0], -1, -1, -1), positional)  # [P, sources, K]
     parts = []
     for layer in range(graph.n_layers):
@@ -127,4 +131,4 @@ def edge_attributions(graph: Graph, deltas: Tensor, grads: DestinationGrads, sca
     g_logits = _source_major(grads.logits.unsqueeze(2), positional)
     parts.append(torch.matmul(g_logits, d_src.transpose(1, 2)).flatten(1))
     flat = torch.cat(parts, dim=-1)  # [P, edges per position]
-    return (-flat * scale).flatten().cpu().float()
+    return (-flat * scale).flatten()

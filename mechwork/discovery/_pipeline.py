@@ -51,11 +51,14 @@ def choose_edges(evaluator: CircuitEvaluator, scores: EdgeScores, request: Circu
 
 def find_circuit(model, data, method: str, *, metric: str = "logit_diff", ablation: str = "corrupted",
                  positions: bool = False, request: CircuitRequest = CircuitRequest(), truth=None,
-                 task_name: str | None = None, seed: int | None = None, **options) -> Circuit:
+                 task_name: str | None = None, seed: int | None = None, batch_size: int | None = None,
+                 **options) -> Circuit:
     """Run ``method`` on ``model`` for task data (zoo :class:`TaskData`-like), choose a circuit, score it.
-    ``seed``: the seed the task data was drawn with, recorded in the provenance."""
+    ``seed``: the seed the task data was drawn with, recorded in the provenance. ``batch_size``: prompts
+    run at once by the method and every evaluation (``None``: all); recorded in the provenance."""
     graph = Graph.from_model(model, positions=data.clean.shape[1] if positions else None)
-    task = DiscoveryTask(data.clean, data.corrupted, make_metric(metric, model, data), metric, ablation)
+    task = DiscoveryTask(data.clean, data.corrupted, make_metric(metric, model, data, batch_size=batch_size), metric,
+                         ablation, batch_size)
     scores = discover(model, graph, task, method, **options)
     evaluator = CircuitEvaluator(model, graph, task)
     edges = choose_edges(evaluator, scores, request)
@@ -77,7 +80,8 @@ def find_circuit(model, data, method: str, *, metric: str = "logit_diff", ablati
                                                  "nodes": sorted(truth.nodes),
                                                  "structural_edges": sorted(truth.structural_edges)},
         provenance={"mechwork": version("mechwork"), "torch": torch.__version__, "python": platform.python_version(),
-                    "seconds": scores.seconds, "created": now(), "ranking": scores.ranking, "seed": seed},
+                    "seconds": scores.seconds, "created": now(), "ranking": scores.ranking, "seed": seed,
+                    **({"batch_size": batch_size} if batch_size is not None else {})},
     )
 
 

@@ -55,17 +55,25 @@ def methods() -> list[Method]:
     return [_METHODS[n] for n in sorted(_METHODS)]
 
 
-def discover(model, graph, task: DiscoveryTask, method: str, **options) -> EdgeScores:
-    """Run a registered method by name; unknown options are refused with the list of known ones."""
+def discover(model, graph, task: DiscoveryTask, method: str, *, batch_size: int | None = None,
+             **options) -> EdgeScores:
+    """Run a registered method by name; unknown options are refused with the list of known ones.
+
+    ``batch_size`` (every method): run the task's prompts that many at a time (``None``: the task's own
+    ``batch_size``); scores equal the one-batch scores up to rounding. Recorded in the options when set."""
     entry = get_method(method)
     unknown = set(options) - set(entry.options)
     if unknown:
-        raise TypeError(f"{method}: unknown option(s) {sorted(unknown)}; it takes {sorted(entry.options)}")
+        raise TypeError(f"{method}: unknown option(s) {sorted(unknown)}; it takes {sorted(entry.options)} "
+                        "(and batch_size)")
     chosen = {**entry.options, **options}
+    if batch_size is not None:
+        task = dataclasses.replace(task, batch_size=batch_size)
     start = time.perf_counter()
     result = entry.run(model, graph, task, **chosen)
     elapsed = time.perf_counter() - start
-    return dataclasses.replace(result, method=method, options=_plain(chosen), seconds=elapsed)
+    recorded = {**chosen, "batch_size": task.batch_size} if task.batch_size is not None else chosen
+    return dataclasses.replace(result, method=method, options=_plain(recorded), seconds=elapsed)
 
 
 def _plain(options: dict) -> dict:

@@ -16,28 +16,46 @@ import torch
 from .._nodes import edge_nodes
 from ..graph import Graph, masked_forward
 from ..hooks._runner import embed
-from ..metrics import as_scalar, metric_name
+from ..metrics import as_scalar, metric_name, metric_value
+from ._batches import PerBatch, micro_batches
 from ._select import top_n
 from ._types import DiscoveryTask, EdgeScores
 
 PERCENTAGES = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
 
 
+@dataclass(frozen=True)
+class _EvalBatch:
+    resid: torch.Tensor  # [batch, pos, d_model]
+    ablated: torch.Tensor  # [batch or 1, pos, sources, d_model]
+    task: DiscoveryTask
+
+
+def _eval_batch(model, graph: Graph, task: DiscoveryTask) -> _EvalBatch:
+    with torch.no_grad():
+        return _EvalBatch(embed(model, task.clean), task.ablated(model, graph), task)
+
+
 class CircuitEvaluator:
-    """Evaluate many circuits on one task: embeddings and ablation values are computed once."""
+    """Evaluate many circuits on one task. With one batch its embeddings and ablation values are computed
+    once; with several (``task.batch_size``) they are recomputed per batch on every evaluation, so memory
+    is one batch's. The metric of a circuit is the mean over every prompt (micro-batches weighted by
+    their sizes); faithfulness is the ratio of those means, never a mean of per-batch ratios."""
 
     def __init__(self, model, graph: Graph, task: DiscoveryTask):
         self.model, self.graph, self.task = model, graph, task
-        with torch.no_grad():
-            self.resid = embed(model, task.clean)
-            self.ablated = task.ablated(model, graph)
+        self._batches = PerBatch(micro_batches(model, graph, task), lambda t: _eval_batch(model, graph, t))
         self.full = self.value(graph.full_mask(1.0))
         self.empty = self.value(graph.full_mask(0.0))
 
     @torch.no_grad()
     def value(self, mask: torch.Tensor) -> float:
-        logits = masked_forward(self.model, self.graph, self.resid, mask, self.ablated, position=self.task.position)
-        return as_scalar(self.task.metric.score(logits), metric_name(self.task.metric))
+        """The metric, over every prompt, with each edge weighted by ``mask``."""
+        return self._batches.total(lambda b: self._batch_value(b, mask))
+
+    def _batch_value(self, batch: _EvalBatch, mask: torch.Tensor) -> float:
+        logits = masked_forward(self.model, self.graph, batch.resid, mask, batch.ablated, position=self.task.position)
+        return as_scalar(metric_value(batch.task.metric, logits), metric_name(batch.task.metric))
 
     def faithfulness(self, edges: Iterable[str]) -> float:
         span = self.full - self.empty

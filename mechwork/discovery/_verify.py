@@ -111,8 +111,9 @@ def verify(circuit: Circuit, model=None, *, tolerance: float = 1e-4, score_toler
                     position=circuit.task["position"])
     graph = Graph.from_model(model, positions=circuit.task.get("positions"))
     metric = circuit.task["metric"]
-    task = DiscoveryTask(data.clean, data.corrupted, make_metric(metric, model, data), metric,
-                         circuit.task["ablation"])
+    batch_size = circuit.provenance.get("batch_size")  # found by micro-batches: re-derived the same way
+    task = DiscoveryTask(data.clean, data.corrupted, make_metric(metric, model, data, batch_size=batch_size), metric,
+                         circuit.task["ablation"], batch_size)
     evaluator = CircuitEvaluator(model, graph, task)
     checks = _faithfulness_checks(circuit, evaluator, tolerance)
     if rederive:

@@ -15,6 +15,7 @@ same settings resumes where the interrupted run stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -23,12 +24,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .._batching import weighted_sum
 from .._io import atomic_write_json
 from .._nodes import parse_node
 from ..graph import Graph, clean_start, masked_forward, masked_forward_from
 from ..hooks._runner import embed
 from ..hooks._validation import InputError
-from ..metrics import KLDivergence, as_scalar
+from ..metrics import KLDivergence, as_scalar, metric_name, metric_value
+from ._batches import PerBatch, micro_batches
 from ._registry import register_method
 from ._types import DiscoveryTask, EdgeScores
 
@@ -52,35 +55,52 @@ def _destinations(graph: Graph) -> list[tuple[int, list[int]]]:
     return [(d, sorted(incoming[d], key=lambda i: -graph.edge_endpoints[i][0])) for d in order]
 
 
-class _Loss:
-    """The loss of a circuit; ``layer`` (when every edge below it is still kept) starts the run there."""
+class _Trial:
+    """One micro-batch's runs of circuits: its embeddings, ablation values and (``from_layer``) clean run."""
 
-    def __init__(self, model, graph: Graph, task: DiscoveryTask, objective: str, from_layer: bool = True):
+    def __init__(self, model, graph: Graph, task: DiscoveryTask, from_layer: bool):
         self.model, self.graph, self.task = model, graph, task
         with torch.no_grad():
             self.resid = embed(model, task.clean)
             self.ablated = task.ablated(model, graph)
             self.clean = clean_start(model, graph, self.resid) if from_layer else None
-            full = masked_forward(model, graph, self.resid, graph.full_mask(1.0), self.ablated, position=task.position)
-        if objective == "kl":
-            self.kl = KLDivergence(position=task.position, reference=full)
-        elif objective == "metric":
-            self.kl = None
-            self.full_value = as_scalar(task.metric.score(full), "metric")
-        else:
-            raise InputError(f"acdc objective must be 'kl' or 'metric', got {objective!r}")
 
     @torch.no_grad()
-    def __call__(self, mask: torch.Tensor, layer: int = 0) -> float:
+    def logits(self, mask: torch.Tensor, layer: int = 0) -> torch.Tensor:
         if self.clean is not None and layer > 0:
-            logits = masked_forward_from(self.model, self.graph, self.clean, min(layer, self.graph.n_layers - 1),
-                                         mask, self.ablated, position=self.task.position)
+            return masked_forward_from(self.model, self.graph, self.clean, min(layer, self.graph.n_layers - 1),
+                                       mask, self.ablated, position=self.task.position)
+        return masked_forward(self.model, self.graph, self.resid, mask, self.ablated, position=self.task.position)
+
+    def value(self, mask: torch.Tensor, layer: int = 0) -> float:
+        """The task's metric (KL against the full model, or the task metric) with ``mask``: a mean over prompts."""
+        return as_scalar(metric_value(self.task.metric, self.logits(mask, layer)), metric_name(self.task.metric))
+
+
+class _Loss:
+    """The loss of a circuit over every prompt; ``layer`` (when every edge below it is still kept) starts the
+    runs there. ``"kl"``: the mean KL against the full model (each prompt's own full-model logits, computed
+    once); ``"metric"``: ``|M(circuit) - M(full)|`` of the means over all prompts (never per micro-batch)."""
+
+    def __init__(self, model, graph: Graph, task: DiscoveryTask, objective: str, from_layer: bool = True):
+        if objective not in ("kl", "metric"):
+            raise InputError(f"acdc objective must be 'kl' or 'metric', got {objective!r}")
+        self.objective = objective
+        full_mask = graph.full_mask(1.0)
+        first = micro_batches(model, graph, task)
+        full = [(b.rows, _Trial(model, graph, b.task, from_layer=False).logits(full_mask).float()) for b in first]
+        if objective == "kl":
+            reference = torch.cat([logits for _, logits in full])
+            task = dataclasses.replace(task, metric=KLDivergence(position=task.position, reference=reference))
         else:
-            logits = masked_forward(self.model, self.graph, self.resid, mask, self.ablated,
-                                    position=self.task.position)
-        if self.kl is not None:
-            return as_scalar(self.kl.score(logits), "KL divergence")
-        return abs(as_scalar(self.task.metric.score(logits), "metric") - self.full_value)
+            name = metric_name(task.metric)
+            self.full_value = weighted_sum((rows.weight, as_scalar(metric_value(b.task.metric, logits), name))
+                                           for b, (rows, logits) in zip(first, full, strict=True))
+        self.trials = PerBatch(micro_batches(model, graph, task), lambda t: _Trial(model, graph, t, from_layer))
+
+    def __call__(self, mask: torch.Tensor, layer: int = 0) -> float:
+        value = self.trials.total(lambda trial: trial.value(mask, layer))
+        return value if self.objective == "kl" else abs(value - self.full_value)
 
 
 def _fingerprint(graph: Graph, task: DiscoveryTask, threshold: float, objective: str) -> str:

@@ -1,23 +1,32 @@
 """EAP — edge attribution patching (Syed et al. 2023): every edge from two forwards and one backward.
 
 score(u->d) = (ablated_u - clean_u) . dM/dx_d on the clean run: the first-order change of the metric
-when u's contribution to d is replaced by its ablation value.
+when u's contribution to d is replaced by its ablation value. Linear in the metric's gradient, so
+micro-batches (``task.batch_size``) add up to the one-batch scores exactly.
 """
 
 from __future__ import annotations
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from ..hooks._runner import embed
+from ._batches import accumulate, micro_batches
 from ._gradients import destination_grads, edge_attributions
 from ._registry import register_method
 from ._types import DiscoveryTask, EdgeScores
 
 
-@register_method("eap", "edge attribution patching: 2 forwards + 1 backward, first-order estimate")
-def eap(model, graph, task: DiscoveryTask) -> EdgeScores:
-    ablated = task.ablated(model, graph)  # the corrupted forward (or the reference mean)
+def _batch_scores(model, graph, task: DiscoveryTask) -> Float[Tensor, " edges"]:
+    ablated = task.ablated(model, graph)  # the corrupted forward (or the shared mean)
     with torch.no_grad():
         resid = embed(model, task.clean)
     grads = destination_grads(model, graph, task, [resid], record_outputs=True)  # the clean forward + backward
-    return EdgeScores(graph, edge_attributions(graph, grads.outputs - ablated, grads), "eap")
+    return edge_attributions(graph, grads.outputs - ablated, grads)
+
+
+@register_method("eap", "edge attribution patching: 2 forwards + 1 backward, first-order estimate")
+def eap(model, graph, task: DiscoveryTask) -> EdgeScores:
+    scores = accumulate(micro_batches(model, graph, task), lambda b: _batch_scores(model, graph, b))
+    return EdgeScores(graph, scores.cpu(), "eap")

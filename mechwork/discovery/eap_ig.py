@@ -15,25 +15,31 @@ without the clean one. Both converge to the same integral.)
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from ..hooks._runner import embed
+from ._batches import accumulate, micro_batches
 from ._gradients import destination_grads, edge_attributions
 from ._registry import register_method
 from ._types import DiscoveryTask, EdgeScores
 
 
-@register_method("eap-ig", "EAP with integrated gradients over the input embeddings", steps=5)
-def eap_ig(model, graph, task: DiscoveryTask, steps: int = 5) -> EdgeScores:
-    if steps < 1:
-        raise ValueError(f"eap-ig needs at least one step, got {steps}")
+def _batch_scores(model, graph, task: DiscoveryTask, steps: int) -> Tensor:
     ablated = task.ablated(model, graph)
     with torch.no_grad():
         clean_resid = embed(model, task.clean)
     # The input node's ablation value is the ablated embedding; interpolate from there to the clean one.
     # The last point is the clean input itself: run it first and record the clean node outputs on the way
     # (the sum over points does not depend on their order), which saves a separate clean forward.
-    start = ablated[:, :, 0].expand_as(clean_resid)
+    start = ablated[:, :, 0].to(clean_resid.dtype).expand_as(clean_resid)
     points = [clean_resid] + [start + (k / steps) * (clean_resid - start) for k in range(1, steps)]
     grads = destination_grads(model, graph, task, points, record_outputs=True)
-    deltas = grads.outputs - ablated
-    return EdgeScores(graph, edge_attributions(graph, deltas, grads, scale=1.0 / steps), "eap-ig")
+    return edge_attributions(graph, grads.outputs - ablated, grads, scale=1.0 / steps)
+
+
+@register_method("eap-ig", "EAP with integrated gradients over the input embeddings", steps=5)
+def eap_ig(model, graph, task: DiscoveryTask, steps: int = 5) -> EdgeScores:
+    if steps < 1:
+        raise ValueError(f"eap-ig needs at least one step, got {steps}")
+    scores = accumulate(micro_batches(model, graph, task), lambda b: _batch_scores(model, graph, b, steps))
+    return EdgeScores(graph, scores.cpu(), "eap-ig")

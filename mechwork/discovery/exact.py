@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 from ..graph import PORTS, Graph, clean_start, run_circuit
 from ..hooks._edge_points import edge_flag_values, head_input_hooks, mlp_input_hooks
 from ..hooks._runner import embed, run_layer_then_rest
-from ..metrics import as_scalar, metric_name
+from ..metrics import as_scalar, metric_name, metric_value
+from ._batches import accumulate, micro_batches
 from ._exact_fast import FastExact, fast_exact_for
 from ._registry import register_method
 from ._types import DiscoveryTask, EdgeScores
@@ -34,7 +35,7 @@ class _CleanRun:
 @torch.no_grad()
 def _clean_run(model, graph: Graph, task: DiscoveryTask) -> _CleanRun:
     start = clean_start(model, graph, embed(model, task.clean), position=task.position)
-    value = as_scalar(task.metric.score(start.logits), metric_name(task.metric))
+    value = as_scalar(metric_value(task.metric, start.logits), metric_name(task.metric))
     return _CleanRun(start.outputs, start.resid_pre, value)
 
 
@@ -50,7 +51,7 @@ def _edge_deltas(deltas: Tensor, sources: Tensor, positions: Tensor | None, batc
 def _scores_of(logits: Tensor, task: DiscoveryTask, n_edges: int, batch: int, base: float) -> list[float]:
     per_edge = logits.reshape(n_edges, batch, -1)
     name = metric_name(task.metric)
-    return [as_scalar(task.metric.score(per_edge[i]), name) - base for i in range(n_edges)]
+    return [as_scalar(metric_value(task.metric, per_edge[i]), name) - base for i in range(n_edges)]
 
 
 def _group_edges(graph: Graph, layer: int | None, kind: str) -> list[tuple[int, int, int, int, int | None]]:
@@ -68,7 +69,7 @@ def _group_edges(graph: Graph, layer: int | None, kind: str) -> list[tuple[int, 
 
 def _run_chunk(model, graph, task, clean: _CleanRun, deltas, layer, kind, chunk,
                fast: FastExact | None = None) -> list[float]:
-    batch = task.clean.shape[0]
+    batch = task.n_prompts
     n = len(chunk)
     sources = torch.tensor([c[3] for c in chunk], device=deltas.device)
     positions = torch.tensor([c[4] for c in chunk], device=deltas.device) if graph.positions else None
@@ -118,33 +119,65 @@ def node_patching_scores(model, graph: Graph, task: DiscoveryTask, ablated: Tens
     for index, node in enumerate(graph.sources):
         mask = (sources != index).float()
         logits = run_circuit(model, graph, task.clean, mask, ablated, position=task.position)
-        scores[node] = as_scalar(task.metric.score(logits), metric_name(task.metric)) - base
+        scores[node] = as_scalar(metric_value(task.metric, logits), metric_name(task.metric)) - base
     return scores
 
 
-@register_method("exact", "exact activation patching of every edge (and node): the reference",
-                 max_rows=512, nodes=True, progress=False, pieces=True)
-def exact(model, graph: Graph, task: DiscoveryTask, max_rows: int = 512, nodes: bool = True,
-          progress: bool = False, pieces: bool = True) -> EdgeScores:
-    """``pieces``: compute only what an ablation changes in its destination layer (checked once per
-    model against the bridge; off, or where the check fails, each destination block is rerun whole)."""
+@dataclass
+class _Pieces:
+    """Whether to use the layer pieces: checked on the first micro-batch, then kept for the others."""
+
+    wanted: bool
+    checked: bool = False
+
+    def for_batch(self, model, clean: _CleanRun, position: int) -> FastExact | None:
+        if not self.wanted:
+            return None
+        fast = fast_exact_for(model, clean.resid_pre, position, check=not self.checked)
+        self.wanted, self.checked = fast is not None, True
+        return fast
+
+
+def _batch_scores(model, graph: Graph, task: DiscoveryTask, max_rows: int, nodes: bool, pieces: _Pieces,
+                  bar: tqdm) -> dict:
+    """One micro-batch: every edge's (and, with ``nodes``, every node's) metric change."""
     ablated = task.ablated(model, graph)
     clean = _clean_run(model, graph, task)
-    fast = fast_exact_for(model, clean.resid_pre, task.position) if pieces else None
+    fast = pieces.for_batch(model, clean, task.position)
     deltas = clean.outputs - ablated
-    batch = task.clean.shape[0]
-    per_chunk = max(1, max_rows // batch)
-    scores = torch.zeros(graph.n_edges)
+    per_chunk = max(1, max_rows // task.n_prompts)
+    scores = torch.zeros(graph.n_edges, dtype=torch.float64)
     groups = [(layer, kind) for layer in range(graph.n_layers) for kind in ("attn", "mlp")] + [(None, "logits")]
-    bar = tqdm(total=graph.n_edges, disable=not progress, desc="exact edge patching")
     with torch.no_grad():
         for layer, kind in groups:
             layout = _group_edges(graph, layer, kind)
             for start in range(0, len(layout), per_chunk):
                 chunk = layout[start : start + per_chunk]
                 values = _run_chunk(model, graph, task, clean, deltas, layer, kind, chunk, fast)
-                scores[[c[0] for c in chunk]] = torch.tensor(values)
+                scores[[c[0] for c in chunk]] = torch.tensor(values, dtype=torch.float64)
                 bar.update(len(chunk))
+    out = {"edges": scores}
+    if nodes:
+        out["nodes"] = node_patching_scores(model, graph, task, ablated, clean.value)
+    return out
+
+
+@register_method("exact", "exact activation patching of every edge (and node): the reference",
+                 max_rows=512, nodes=True, progress=False, pieces=True, executor=None)
+def exact(model, graph: Graph, task: DiscoveryTask, max_rows: int = 512, nodes: bool = True,
+          progress: bool = False, pieces: bool = True, executor=None) -> EdgeScores:
+    """``pieces``: compute only what an ablation changes in its destination layer (checked once per
+    model against the bridge; off, or where the check fails, each destination block is rerun whole).
+    ``max_rows``: prompts times edges run in one forward. ``executor`` (``"ray"``, a
+    :class:`~mechwork.executors.Executor`): spread micro-batches x destination groups over its workers."""
+    batches = micro_batches(model, graph, task)
+    if executor is not None:
+        from ._exact_spread import spread_exact
+
+        total = spread_exact(model, graph, batches, executor, max_rows=max_rows, nodes=nodes, pieces=pieces)
+        return EdgeScores(graph, total["edges"].float(), "exact", node_scores=total.get("nodes"))
+    bar = tqdm(total=graph.n_edges * len(batches), disable=not progress, desc="exact edge patching")
+    use_pieces = _Pieces(pieces)
+    total = accumulate(batches, lambda b: _batch_scores(model, graph, b, max_rows, nodes, use_pieces, bar))
     bar.close()
-    node_scores = node_patching_scores(model, graph, task, ablated, clean.value) if nodes else None
-    return EdgeScores(graph, scores, "exact", node_scores=node_scores)
+    return EdgeScores(graph, total["edges"].float(), "exact", node_scores=total.get("nodes"))

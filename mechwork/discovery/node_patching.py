@@ -21,7 +21,8 @@ from ._types import DiscoveryTask, EdgeScores
 def node_patching(model, graph, task: DiscoveryTask) -> EdgeScores:
     if task.ablation != "corrupted":
         raise InputError("node-patching patches corrupted activations; use ablation='corrupted'")
-    runs = {site: activation_patching(model, task.clean, task.corrupted, task.metric, site, direction="noise")
+    runs = {site: activation_patching(model, task.clean, task.corrupted, task.metric, site, direction="noise",
+                                      batch_size=task.batch_size)
             for site in ("z", "mlp_out")}
     base = runs["z"].clean_value
     node_scores = {}

@@ -33,6 +33,8 @@ TASK: _Spec = {
     "zoo": (str, False, None), "n_prompts": (int, False, None), "metric": (str, False, None),
     "clean": (list, False, None), "corrupted": (list, False, None), "answers": (list, False, None),
     "wrong": (list, False, None), "position": (int, False, None), "prompts": (str, False, None),
+    "batch_size": (int, False, None),  # prompts every step runs at once (results do not depend on it)
+    "builtin": (str, False, None), "seed": (int, False, None),  # a standard task (mechwork.tasks) and its seed
 }
 OUTPUTS: _Spec = {"static": (list, False, None)}
 _COMMON: _Spec = {"kind": (str, True, None), "name": (str, False, None)}
@@ -126,20 +128,40 @@ def _check_task(task: dict, where: str, folder: Path) -> None:
     """Check ``[task]``; a ``prompts = "FILE"`` (JSON or CSV, relative to the experiment) is read into the
     four prompt lists here, so every problem shows before anything runs."""
     _check(task, TASK, f"{where}: [task]")
+    if task.get("batch_size", 1) < 1:
+        raise ExperimentError(f"{where}: [task] key 'batch_size' must be a positive integer, got {task['batch_size']}")
     prompt_keys = ("clean", "corrupted", "answers", "wrong")
     given = [k for k in prompt_keys if k in task]
-    sources = [name for name, present in (("zoo", "zoo" in task), ("prompts", "prompts" in task),
-                                          ("prompt lists", bool(given))) if present]
+    sources = [name for name, present in (("zoo", "zoo" in task), ("builtin", "builtin" in task),
+                                          ("prompts", "prompts" in task), ("prompt lists", bool(given))) if present]
     if len(sources) > 1:
         raise ExperimentError(f"{where}: [task] has {' and '.join(sources)}; use one")
-    if "prompts" in task:
+    if "builtin" in task:
+        _check_builtin(task, f"{where}: [task]")
+    elif "seed" in task:
+        raise ExperimentError(f"{where}: [task] key 'seed' is for builtin tasks; a zoo task draws its prompts with "
+                              "the experiment's top-level seed")
+    elif "prompts" in task:
         task.update(read_prompts_file(folder / task["prompts"]))
     elif "zoo" not in task and len(given) != len(prompt_keys):
         missing = [k for k in prompt_keys if k not in task]
         raise ExperimentError(f"{where}: [task] needs 'zoo = NAME', 'prompts = FILE' or all of clean, corrupted, "
-                              f"answers, wrong (missing: {', '.join(missing)})")
+                              f"answers, wrong (missing: {', '.join(missing)}); or 'builtin = TASK', a standard task "
+                              "(ioi, greater-than, docstring, sva)")
     elif given:
         check_prompt_lists(task, f"{where}: [task]")
+
+
+def _check_builtin(task: dict, where: str) -> None:
+    """``builtin = TASK`` names a registered standard task (near matches suggested); ``n_prompts`` positive."""
+    from ..tasks import TaskError, get_task
+
+    try:
+        get_task(task["builtin"])
+    except TaskError as e:
+        raise ExperimentError(f"{where}: key 'builtin': {e}") from None
+    if task.get("n_prompts", 1) < 1:
+        raise ExperimentError(f"{where}: key 'n_prompts' must be a positive integer, got {task['n_prompts']}")
 
 
 def parse_experiment(path: str | os.PathLike) -> Experiment:

@@ -77,6 +77,8 @@ class PromptTask:
 
     def __init__(self, model, task: dict, where: str):
         tokenize = model.to_tokens
+        for side in ("clean", "corrupted"):
+            _check_one_length(tokenize, task[side], side, where)
         self.clean, self.corrupted = tokenize(task["clean"]), tokenize(task["corrupted"])
         if self.clean.shape != self.corrupted.shape:
             raise ExperimentError(f"{where}: clean and corrupted prompts tokenise to different shapes "
@@ -92,3 +94,34 @@ class PromptTask:
         if len(ids) != 1:
             raise ExperimentError(f"{where}: answer {text!r} is {len(ids)} tokens; answers must be one token")
         return ids[0]
+
+
+def _check_one_length(tokenize, prompts: list[str], side: str, where: str) -> None:
+    """Every prompt the same number of tokens: a batch pads shorter ones, and the metric reads one position
+    for all, so a shorter prompt would be scored on padding."""
+    lengths = [tokenize(p).shape[-1] for p in prompts]
+    if len(set(lengths)) > 1:
+        short = min(range(len(lengths)), key=lengths.__getitem__)
+        long = max(range(len(lengths)), key=lengths.__getitem__)
+        raise ExperimentError(f"{where}: {side} prompts tokenise to different lengths ({side} #{short}: "
+                              f"{lengths[short]} tokens, #{long}: {lengths[long]}); the metric reads one position "
+                              "for every prompt, so make all prompts the same number of tokens")
+
+
+def builtin_task(model, task: dict, default_seed: int, where: str) -> PromptTask:
+    """``[task] builtin = NAME``: the standard task's prompt pairs for the model's tokenizer (``n_prompts``,
+    default 32; ``seed``, default the experiment's), tokenised like any other prompts."""
+    from ..tasks import TaskError, generate
+
+    try:
+        prompts = generate(task["builtin"], model, task.get("n_prompts", 32), task.get("seed", default_seed))
+    except TaskError as e:
+        raise ExperimentError(f"{where}: [task] builtin {task['builtin']!r}: {e}") from None
+    return PromptTask(model, prompts.lists(), where)
+
+
+def builtin_metric(task: dict) -> str | None:
+    """The default metric of ``[task]``'s builtin task (its paper's), or None without one."""
+    from ..tasks import get_task
+
+    return get_task(task["builtin"]).metric if "builtin" in task else None

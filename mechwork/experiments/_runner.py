@@ -64,35 +64,98 @@ def _record(out: Path, experiment: Experiment, versions: dict, steps: dict) -> N
 
 
 def run_experiment(path: str | os.PathLike, out: str | os.PathLike | None = None, *, force: bool = False,
-                   progress: bool = True) -> RunResult:
-    """Run an experiment file into ``out`` (default ``runs/NAME``), skipping steps already done there."""
+                   progress: bool = True, executor=None) -> RunResult:
+    """Run an experiment file into ``out`` (default ``runs/NAME``), skipping steps already done there.
+
+    With ``executor`` (see :mod:`mechwork.executors`; ``"ray"`` for a local Ray instance), steps that do
+    not read each other's output run at once on its workers; files and records are the same as a local run.
+    """
     experiment = parse_experiment(path)
     out = Path(out) if out is not None else Path("runs") / experiment.name
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "experiment.toml", experiment.text)
-    session = Session(experiment, out, progress)
-    records = {} if force else _previous(out)
-    versions = _versions()
-    steps: dict[str, dict] = {}
-    ran, skipped = [], []
-    bar = tqdm(experiment.steps, desc=experiment.name, unit="step", disable=not progress)
+    book = _Book(experiment, out, {} if force else _previous(out))
+    todo = [step for step in experiment.steps if not book.skip(step)]
+    if executor is None:
+        _run_here(Session(experiment, out, progress), todo, book, progress)
+    else:
+        _run_on(executor, todo, book, progress)
+    return book.finish()
+
+
+class _Book:
+    """The run's record (``run.json``): which steps are done, with their fingerprints and files."""
+
+    def __init__(self, experiment: Experiment, out: Path, records: dict) -> None:
+        self.experiment, self.out, self.records = experiment, out, records
+        self.versions = _versions()
+        self.steps: dict[str, dict] = {}
+        self.ran: list[str] = []
+        self.skipped: list[str] = []
+
+    def fingerprint(self, step) -> str:
+        return step.fingerprint(self.experiment.context())
+
+    def skip(self, step) -> bool:
+        if _is_done(self.records.get(step.name), self.fingerprint(step), self.out):
+            self.steps[step.name] = self.records[step.name]
+            self.skipped.append(step.name)
+            return True
+        return False
+
+    def _save(self) -> None:
+        _record(self.out, self.experiment, self.versions, {**self.records, **self.steps})
+
+    def started(self, step) -> None:
+        self.steps[step.name] = {"kind": step.kind, "status": "running", "fingerprint": self.fingerprint(step)}
+        self._save()
+
+    def done(self, step, seconds: float, files: list[str]) -> None:
+        self.steps[step.name] = {"kind": step.kind, "status": "done", "fingerprint": self.fingerprint(step),
+                                 "seconds": round(seconds, 3), "files": files}
+        self._save()
+        self.ran.append(step.name)
+
+    def finish(self) -> RunResult:
+        ordered = {s.name: self.steps[s.name] for s in self.experiment.steps if s.name in self.steps}
+        _record(self.out, self.experiment, self.versions, ordered)  # drop records of steps no longer in the file
+        ran = tuple(s.name for s in self.experiment.steps if s.name in self.ran)
+        return RunResult(self.out, ran, tuple(self.skipped), {k: v.get("files", []) for k, v in ordered.items()})
+
+
+def _run_here(session: Session, todo: list, book: _Book, progress: bool) -> None:
+    bar = tqdm(todo, desc=book.experiment.name, unit="step", disable=not progress)
     for step in bar:
         bar.set_postfix_str(step.name)
-        fingerprint = step.fingerprint(experiment.context())
-        if _is_done(records.get(step.name), fingerprint, out):
-            steps[step.name] = records[step.name]
-            skipped.append(step.name)
-            continue
-        steps[step.name] = {"kind": step.kind, "status": "running", "fingerprint": fingerprint}
-        _record(out, experiment, versions, {**records, **steps})
+        book.started(step)
         start = time.perf_counter()
-        folder = out / step.name
+        folder = book.out / step.name
         folder.mkdir(exist_ok=True)
         files = RUNNERS[step.kind](session, step, folder)
-        steps[step.name] = {"kind": step.kind, "status": "done", "fingerprint": fingerprint,
-                            "seconds": round(time.perf_counter() - start, 3),
-                            "files": [str(f.relative_to(out)) for f in files]}
-        _record(out, experiment, versions, {**records, **steps})
-        ran.append(step.name)
-    _record(out, experiment, versions, steps)  # drop records of steps no longer in the file
-    return RunResult(out, tuple(ran), tuple(skipped), {k: v.get("files", []) for k, v in steps.items()})
+        book.done(step, time.perf_counter() - start, [str(f.relative_to(book.out)) for f in files])
+
+
+def _run_on(executor, todo: list, book: _Book, progress: bool) -> None:
+    from ..executors import executor_from
+    from ._distributed import step_unit, waves, write_step_files
+
+    runner = executor_from(executor)
+    by_name = {step.name: step for step in todo}
+    bar = tqdm(total=len(todo), desc=book.experiment.name, unit="step", disable=not progress)
+    try:
+        for wave in waves(todo):
+            for step in wave:
+                book.started(step)
+            start = time.perf_counter()
+
+            def done(name: str, files: dict, start=start) -> None:
+                book.done(by_name[name], time.perf_counter() - start, write_step_files(book.out, files))
+                bar.update(1)
+                bar.set_postfix_str(name)
+
+            runner.run([step_unit(book.experiment, s, book.out, {**book.records, **book.steps}) for s in wave],
+                       on_done=done)
+    finally:
+        bar.close()
+        if runner is not executor:
+            runner.close()

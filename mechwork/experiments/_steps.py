@@ -15,7 +15,7 @@ from ..models import load, zoo
 from ..reports import write_report
 from ..viz import attention_patterns, faithfulness_curves, patching_heatmap, save_figure
 from ._config import Experiment, ExperimentError, Step
-from ._prompts import PromptTask
+from ._prompts import PromptTask, builtin_metric, builtin_task
 
 
 class StepFailed(RuntimeError):
@@ -42,15 +42,36 @@ class Session:
         task = self.experiment.task
         if self.zoo_entry is not None:
             return self.zoo_entry.task.data(task.get("n_prompts", 32), seed=self.experiment.seed)
+        if "builtin" in task:
+            return builtin_task(self.model, task, self.experiment.seed, str(self.experiment.path))
         return PromptTask(self.model, task, str(self.experiment.path))
+
+    @property
+    def task_seed(self) -> int | None:
+        """The seed the task's prompts were drawn with (a zoo or builtin task), None for given prompts."""
+        task = self.experiment.task
+        if "builtin" in task:
+            return task.get("seed", self.experiment.seed)
+        return self.experiment.seed if self.zoo_entry is not None else None
+
+    @property
+    def task_name(self) -> str:
+        task = self.experiment.task
+        return task.get("zoo") or task.get("builtin") or self.experiment.name
 
     @property
     def metric_key(self) -> str:
         default = self.zoo_entry.task.metric if self.zoo_entry is not None else "logit_diff"
+        default = builtin_metric(self.experiment.task) or default
         return self.experiment.task.get("metric", default)
 
+    @property
+    def batch_size(self) -> int | None:
+        """``[task] batch_size``: prompts every step runs at once (None: all)."""
+        return self.experiment.task.get("batch_size")
+
     def metric(self):
-        return make_metric(self.metric_key, self.model, self.data)
+        return make_metric(self.metric_key, self.model, self.data, batch_size=self.batch_size)
 
     def truth(self):
         entry = self.zoo_entry
@@ -70,7 +91,8 @@ def run_patch(s: Session, step: Step, folder: Path) -> list[Path]:
     c = step.config
     sweep = attribution_patching if c.get("method", "exact") == "attribution" else activation_patching
     result = sweep(s.model, s.data.clean, s.data.corrupted, s.metric(), c.get("site", "z"),
-                   per_position=c.get("per_position", False), direction=c.get("direction", "denoise"))
+                   per_position=c.get("per_position", False), direction=c.get("direction", "denoise"),
+                   batch_size=s.batch_size)
     result = result.normalized() if abs(result.clean_value - result.corrupted_value) > 1e-12 else result
     # itertools.product walks coordinates in the same (row-major) order as flatten()
     rows = [[*idx, v] for idx, v in zip(product(*map(range, result.shape)), result.values.flatten().tolist(),
@@ -106,8 +128,9 @@ def run_discover(s: Session, step: Step, folder: Path) -> list[Path]:
     request = CircuitRequest(c.get("select", "auto"), value, float(c.get("target", 0.9)))
     circuit = find_circuit(s.model, s.data, c["method"], metric=s.metric_key, ablation=c.get("ablation", "corrupted"),
                            positions=c.get("positions", False), request=request, truth=s.truth(),
-                           task_name=s.experiment.task.get("zoo") or s.experiment.name,
-                           seed=s.experiment.seed if s.zoo_entry is not None else None, **options)
+                           task_name=s.task_name,
+                           seed=s.task_seed, batch_size=s.batch_size,
+                           **options)
     files = [circuit.save(folder / "circuit.json")]
     files.append(atomic_write_csv(folder / "edges.csv", ["edge", "score", "in_circuit"],
                       [[e, v, e in set(circuit.selected)] for e, v in circuit.edges.items()]))

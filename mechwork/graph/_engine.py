@@ -22,6 +22,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from .._batching import model_device, model_dtype, over_rows, split_rows, weighted_sum
 from ..hooks._edge_points import edge_flags, head_input_hooks, head_output_hooks, mlp_input_hooks
 from ..hooks._runner import embed, run_from
 from ..hooks._validation import InputError
@@ -64,18 +65,31 @@ def node_outputs(model, graph: Graph, tokens: Int[Tensor, "batch pos"]) -> Ablat
     return out
 
 
+def mean_node_outputs(model, graph: Graph, tokens: Int[Tensor, "ref pos"],
+                      batch_size: int | None = None) -> Float[Tensor, "1 pos sources d_model"]:
+    """Every source's output averaged over ``tokens`` (per position), computed ``batch_size`` prompts at a
+    time: summed in float32 and divided once at the end, then stored in the model's dtype."""
+    total = weighted_sum(over_rows(split_rows(tokens.shape[0], batch_size),
+                                   lambda r: node_outputs(model, graph, tokens[r.index]).mean(0, keepdim=True)))
+    return total.to(model_dtype(model))
+
+
 def ablation_values(
     model,
     graph: Graph,
     kind: str,
     clean: Int[Tensor, "batch pos"],
     corrupted: Int[Tensor, "_ref pos"] | None = None,
+    *,
+    batch_size: int | None = None,
 ) -> AblationValues:
     """What an ablated edge carries: ``"corrupted"`` (the corrupted run, row by row), ``"mean"`` (the
-    mean over ``corrupted`` used as a reference set, per position) or ``"zero"``."""
+    mean over ``corrupted`` used as a reference set, per position, by micro-batches of ``batch_size``)
+    or ``"zero"``. On the model's device, in its dtype."""
     if kind == "zero":
         d_model = int(model.cfg.d_model)
-        return torch.zeros(1, clean.shape[1], graph.n_sources, d_model, device=clean.device)
+        return torch.zeros(1, clean.shape[1], graph.n_sources, d_model, device=model_device(model),
+                           dtype=model_dtype(model))
     if corrupted is None:
         raise InputError(f"{kind!r} ablation needs corrupted/reference prompts")
     if corrupted.shape[1] != clean.shape[1]:
@@ -87,7 +101,7 @@ def ablation_values(
             )
         return node_outputs(model, graph, corrupted)
     if kind == "mean":
-        return node_outputs(model, graph, corrupted).mean(0, keepdim=True)
+        return mean_node_outputs(model, graph, corrupted, batch_size)
     raise InputError(f"unknown ablation {kind!r}: use 'corrupted', 'mean' or 'zero'")
 
 

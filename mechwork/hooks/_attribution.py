@@ -16,7 +16,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from ..metrics import PositionMetric, as_scalar, metric_name
+from ..metrics import as_scalar, metric_name, metric_value
+from ._batched import micro_batched
 from ._cache import cache_activations
 from ._patching import Metric, clean_and_corrupted, metric_position, oriented_pair, position_labels
 from ._result import PatchingResult
@@ -56,6 +57,7 @@ def _reduce(site: Site, prod: Tensor, per_position: bool) -> Tensor:
     return prod.sum((0, 2)) if per_position else prod.sum()  # [batch, pos, d]
 
 
+@micro_batched
 def attribution_patching(
     model,
     clean: Int[Tensor, "batch pos"],
@@ -70,6 +72,7 @@ def attribution_patching(
     """Estimate :func:`activation_patching` for every layer (and head, and position) at once.
 
     Values are ``base metric + estimated change``, directly comparable with exact patching results.
+    ``batch_size``: prompts run at once (``None``: all); the values are the same (``hooks._batched``).
     """
     site = Site.parse(site)
     clean, corrupted, base_tokens, source_tokens = oriented_pair(model, clean, corrupted, direction)
@@ -98,7 +101,7 @@ def attribution_patching(
             resid = embed(model, base_tokens).detach().requires_grad_(True)
             position = metric_position(metric)
             logits = run_from(model, resid, 0, position=position, fwd_hooks=[(h, keep) for h in hooks])
-            value = metric.score(logits) if isinstance(metric, PositionMetric) else metric(logits)
+            value = metric_value(metric, logits)
             base_value = as_scalar(value, name)
             value.backward()
     shape = (n_layer,) + ((n_pos,) if per_position else ()) + ((n_head,) if site.per_head else ())
@@ -107,9 +110,10 @@ def attribution_patching(
         act = base_acts[hook]
         if act.grad is None:
             raise RuntimeError(f"no gradient reached {hook}; this site cannot be attributed on this model")
-        values[layer] = base_value + _reduce(site, (source[hook] - act.detach()) * act.grad, per_position)
+        delta = source[hook].float() - act.detach().float()  # float32 products and sums in any model dtype
+        values[layer] = base_value + _reduce(site, delta * act.grad.float(), per_position)
     with torch.no_grad():
-        source_value = as_scalar(metric(source_logits), name)
+        source_value = as_scalar(metric_value(metric, source_logits), name)
     clean_value, corrupted_value = clean_and_corrupted(direction, base_value, source_value)
     dims = ("layer",) + (("pos",) if per_position else ()) + (("head",) if site.per_head else ())
     return PatchingResult(

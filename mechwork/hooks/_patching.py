@@ -16,7 +16,8 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..metrics import PositionMetric, as_scalar, metric_name
+from ..metrics import PositionMetric, as_scalar, metric_name, metric_value
+from ._batched import micro_batched
 from ._cache import cache_activations
 from ._result import PatchingResult
 from ._runner import hook_flags, n_layers, run_from
@@ -121,9 +122,7 @@ def score_variants(metric: Metric, logits: Tensor, n_variants: int) -> list[floa
     """Metric of each variant's slice of a batched run (logits ``[variants * batch, ...]``)."""
     name = metric_name(metric)
     chunks = logits.reshape(n_variants, -1, *logits.shape[1:])
-    if isinstance(metric, PositionMetric):
-        return [as_scalar(metric.score(c), name) for c in chunks]
-    return [as_scalar(metric(c), name) for c in chunks]
+    return [as_scalar(metric_value(metric, c), name) for c in chunks]
 
 
 def metric_position(metric: Metric) -> int | None:
@@ -191,6 +190,7 @@ def clean_and_corrupted(direction: str, base, source) -> tuple:
     return (source, base) if direction == "denoise" else (base, source)
 
 
+@micro_batched
 @torch.no_grad()
 def activation_patching(
     model,
@@ -211,7 +211,8 @@ def activation_patching(
 
     ``direction="denoise"`` (TransformerLens's convention) runs the corrupted prompts and patches in
     clean activations; ``"noise"`` runs the clean prompts and patches in corrupted ones.
-    The result has dims ``(layer[, pos][, head])``.
+    The result has dims ``(layer[, pos][, head])``. ``batch_size``: prompts run at once (``None``: all);
+    the result is the same (``hooks._batched``).
     """
     clean, corrupted, base_tokens, source_tokens = oriented_pair(model, clean, corrupted, direction)
     spec = PatchSpec(
@@ -237,7 +238,7 @@ def activation_patching(
         site=plan.site.value,
         metric=name,
         direction=direction,
-        clean_value=as_scalar(metric(clean_logits), name),
-        corrupted_value=as_scalar(metric(corrupted_logits), name),
+        clean_value=as_scalar(metric_value(metric, clean_logits), name),
+        corrupted_value=as_scalar(metric_value(metric, corrupted_logits), name),
         position_labels=position_labels(model, clean) if per_position else None,
     )

@@ -16,8 +16,9 @@ from jaxtyping import Int
 from torch import Tensor
 
 from .._nodes import NodeRef, parse_node
-from ..metrics import as_scalar, metric_name
+from ..metrics import as_scalar, metric_name, metric_value
 from ..models._structure import BlockLayout, structure_of
+from ._batched import micro_batched
 from ._edge_points import edge_flags, head_input_hooks, head_output_hooks, mlp_input_hooks
 from ._patching import (
     Metric,
@@ -104,6 +105,7 @@ def _receiver_hooks(model, receiver: NodeRef, delta: Tensor) -> list:
     return mlp_input_hooks(model, receiver.layer, lambda act: act + delta)
 
 
+@micro_batched
 @torch.no_grad()
 def path_patching(
     model,
@@ -116,7 +118,8 @@ def path_patching(
     direction: str = "denoise",
 ) -> float:
     """Metric after patching ``sender``'s output into ``receivers`` only (e.g. ``"blocks.1.attn.head.0.k"``,
-    ``"blocks.1.mlp"``, ``"logits"``). ``denoise`` runs corrupted prompts and sends the clean output."""
+    ``"blocks.1.mlp"``, ``"logits"``). ``denoise`` runs corrupted prompts and sends the clean output.
+    ``batch_size``: prompts run at once (``None``: all); the value is the same (``hooks._batched``)."""
     clean, corrupted, base_tokens, source_tokens = oriented_pair(model, clean, corrupted, direction)
     send = parse_node(sender)
     recvs = [parse_node(r) for r in ([receivers] if isinstance(receivers, str) else receivers)]
@@ -138,6 +141,7 @@ def path_patching(
     return score_variants(metric, logits, 1)[0]
 
 
+@micro_batched
 @torch.no_grad()
 def path_patching_sweep(
     model,
@@ -154,7 +158,7 @@ def path_patching_sweep(
     Returns dims ``(layer, head)``; heads that cannot receive from the sender are NaN. All heads of a
     layer run as one batch from that layer's residual stream. Under grouped-query attention keys and
     values are read once per key/value head, so for ``port`` ``k``/``v`` the head axis is the key/value
-    heads (``blocks.L.attn.kv_head.G``).
+    heads (``blocks.L.attn.kv_head.G``). ``batch_size``: prompts run at once (``None``: all).
     """
     if port not in ("q", "k", "v"):
         raise InputError(f"port must be 'q', 'k' or 'v', got {port!r}")
@@ -190,7 +194,7 @@ def path_patching_sweep(
         site=f"path {send.name} -> *.{port}",
         metric=name,
         direction=direction,
-        clean_value=as_scalar(metric(clean_logits), name),
-        corrupted_value=as_scalar(metric(corrupted_logits), name),
+        clean_value=as_scalar(metric_value(metric, clean_logits), name),
+        corrupted_value=as_scalar(metric_value(metric, corrupted_logits), name),
         method="path",
     )

@@ -8,8 +8,10 @@ from ._metrics import (
     MetricError,
     PositionMetric,
     ProbDiff,
+    ThresholdProbDiff,
     as_scalar,
     metric_name,
+    metric_value,
 )
 
 __all__ = [
@@ -20,6 +22,8 @@ __all__ = [
     "MetricError",
     "PositionMetric",
     "ProbDiff",
+    "ThresholdProbDiff",
     "as_scalar",
     "metric_name",
+    "metric_value",
 ]

@@ -7,10 +7,16 @@ alone and call :meth:`PositionMetric.score` on ``[batch, vocab]`` logits.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass, field
+from typing import ClassVar
 
+import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+
+_PER_PROMPT = re.compile(r"""Tensor,\s*["']\s*batch\b""")  # a field annotated Float[Tensor, "batch ..."]
 
 
 class MetricError(ValueError):
@@ -23,9 +29,30 @@ class PositionMetric:
 
     position: int = -1
     name: str = field(default="metric", init=False)
+    #: ``score`` is the mean over the batch of one value per prompt, so micro-batches weighted by their
+    #: sizes add up to it exactly (``mechwork._batching``). A metric for which that is not so sets this
+    #: False, and every micro-batched run refuses it.
+    mean_over_prompts: ClassVar[bool] = True
 
     def score(self, logits: Float[Tensor, "batch vocab"]) -> Float[Tensor, ""]:
         raise NotImplementedError
+
+    def for_rows(self, rows: slice, n: int) -> PositionMetric:
+        """This metric for prompts ``rows`` of the ``n`` it was built for: every per-prompt field (a tensor
+        annotated with a leading ``batch`` axis, e.g. ``Int[Tensor, " batch"]``) is sliced, the rest shared."""
+        if rows == slice(0, n):
+            return self
+        if not self.mean_over_prompts:
+            raise MetricError(f"{self.name} is not a mean over prompts: it cannot be computed by micro-batches")
+        sliced = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.init and isinstance(value, Tensor) and _PER_PROMPT.search(str(f.type)):
+                if value.ndim == 0 or value.shape[0] != n:
+                    raise MetricError(f"{self.name}: {f.name} has {value.shape[0] if value.ndim else 0} rows, "
+                                      f"the metric is being split over {n} prompts")
+                sliced[f.name] = value[rows]
+        return dataclasses.replace(self, **sliced)
 
     def __call__(self, logits: Float[Tensor, "batch pos vocab"]) -> Float[Tensor, ""]:
         if logits.ndim != 3:
@@ -75,6 +102,29 @@ class ProbDiff(PositionMetric):
 
 
 @dataclass(frozen=True, eq=False)
+class ThresholdProbDiff(PositionMetric):
+    """Mean of p(candidates after the prompt's cutoff) - p(candidates up to and including it) at ``position``.
+
+    ``candidates``: ordered token ids (for greater-than, the years ``00`` .. ``99``); ``cutoff[i]``: the index
+    into them of prompt i's threshold (its start year YY): Hanna et al.'s ``sum p(y > YY) - sum p(y <= YY)``.
+    ``candidates`` is a tuple, not a tensor, so micro-batching never slices it as if it were per prompt.
+    """
+
+    candidates: tuple[int, ...] = ()
+    cutoff: Int[Tensor, " batch"] = None  # type: ignore[assignment]
+    name: str = field(default="probability difference above the cutoff", init=False)
+
+    def score(self, logits: Float[Tensor, "batch vocab"]) -> Float[Tensor, ""]:
+        self._check_batch(logits, self.cutoff)
+        if not self.candidates:
+            raise MetricError(f"{self.name}: no candidate tokens")
+        probs = logits.softmax(-1)[:, list(self.candidates)]
+        index = torch.arange(len(self.candidates), device=logits.device)
+        sign = torch.where(index[None, :] > self.cutoff.to(logits.device)[:, None], 1.0, -1.0).to(probs.dtype)
+        return (probs * sign).sum(-1).mean()
+
+
+@dataclass(frozen=True, eq=False)
 class CrossEntropy(PositionMetric):
     """Mean cross-entropy of the answer token at ``position`` (lower is better)."""
 
@@ -114,9 +164,20 @@ class KLDivergence(PositionMetric):
 
     def score(self, logits: Float[Tensor, "batch vocab"]) -> Float[Tensor, ""]:
         self._check_batch(logits, self.reference)
-        ref_logp = self.reference.to(logits.device).log_softmax(-1)
+        ref_logp = self.reference.to(logits.device, logits.dtype).log_softmax(-1)
         logp = logits.log_softmax(-1)
         return (ref_logp.exp() * (ref_logp - logp)).sum(-1).mean()
+
+
+def metric_value(metric, logits: Tensor) -> Tensor:
+    """``metric`` on ``logits`` read in float32 (a bfloat16 or float16 model's logits are upcast first, so
+    softmaxes and means over prompts are not rounded to half precision). A :class:`PositionMetric` takes
+    ``[batch, vocab]`` logits at its position or ``[batch, pos, vocab]``; any other callable what it is given."""
+    if logits.is_floating_point() and logits.dtype != torch.float64:
+        logits = logits.float()
+    if isinstance(metric, PositionMetric):
+        return metric(logits) if logits.ndim == 3 else metric.score(logits)
+    return metric(logits)
 
 
 def as_scalar(value: object, metric_name: str) -> float:

@@ -140,6 +140,10 @@ def test_prompt_string_tasks_tokenise_and_check_answers(tmp_path):
     bad = text.replace('answers = ["b", "f"]', 'answers = ["b b", "f"]')
     with pytest.raises(ExperimentError, match="answer 'b b' is 2 tokens"):
         run_experiment(write(tmp_path, bad, "bad.toml"), tmp_path / "out2", progress=False)
+    # a shorter pair would be padded and scored at a padding position: refused, naming the prompts
+    ragged = text.replace('"e f g h e"]', '"e f g e"]').replace('"e f g h a"]', '"e f g a"]')
+    with pytest.raises(ExperimentError, match=r"clean prompts tokenise to different lengths \(clean #1: 5 tokens"):
+        run_experiment(write(tmp_path, ragged, "ragged.toml"), tmp_path / "out3", progress=False)
 
 
 def test_cli_lists_every_command_and_each_has_an_example(capsys):

@@ -34,9 +34,12 @@ def _register_builtins() -> None:
             )
         )
     from . import pairs, trojan
+    from ._tracr._zoo import tracr_entries
 
     register(pairs.ENTRY)
     register(trojan.ENTRY)
+    for entry in tracr_entries():  # RASP programs compiled by tracr (tracr is needed only to build them)
+        register(entry)
 
 
 _register_builtins()

@@ -19,7 +19,7 @@ Builder = Callable[[Path], dict[str, Any]]
 class ZooEntry:
     name: str
     summary: str
-    kind: Literal["constructed", "trained"]
+    kind: Literal["constructed", "trained", "compiled"]  # compiled: a RASP program compiled by tracr
     builder: Builder = field(repr=False)
     task: Task = field(repr=False)
     # Circuits are known before building; labelling functions and triggers come from the recipe.
@@ -27,10 +27,12 @@ class ZooEntry:
     # Anything that changes the built weights goes here: it keys the on-disk cache.
     recipe: dict[str, Any] = field(default_factory=dict)
     version: int = 1
+    # Where the ground truth is only known once built (compiled entries), its kind, so listing needs no build.
+    declared_ground_truth_kind: str | None = None
 
     @property
     def ground_truth_kind(self) -> str:
-        return self.ground_truth().kind
+        return self.declared_ground_truth_kind or self.ground_truth().kind
 
 
 class UnknownZooModelError(KeyError):
