@@ -14,16 +14,12 @@ from pathlib import Path
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to a hidden temporary file beside ``path``, then rename it into place, so an
     interrupted write never leaves a half-written file (the rename is atomic on one filesystem)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, text.encode())
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """``data`` written like :func:`atomic_write_text`: a temporary file beside ``path``, then a rename."""
+    """``data`` written to a temporary file beside ``path``, then renamed into place (see
+    :func:`atomic_write_text`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

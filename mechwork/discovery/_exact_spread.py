@@ -20,14 +20,8 @@ from ._batches import Batch
 from ._exact_fast import fast_exact_for
 from ._types import DiscoveryTask
 
-Group = tuple[int | None, str]  # (layer, "attn" | "mlp"), or (None, "logits")
 
-
-def destination_groups(graph: Graph) -> list[Group]:
-    return [(layer, kind) for layer in range(graph.n_layers) for kind in ("attn", "mlp")] + [(None, "logits")]
-
-
-def _split(groups: list[Group], graph: Graph, parts: int) -> list[list[Group]]:
+def _split(groups: list, graph: Graph, parts: int) -> list[list]:
     """Consecutive groups in ``parts`` sets of about equal edge counts (the cost of a unit)."""
     from .exact import _group_edges
 
@@ -45,22 +39,14 @@ def _split(groups: list[Group], graph: Graph, parts: int) -> list[list[Group]]:
 @torch.no_grad()
 def group_scores(context, payload: tuple) -> Float[Tensor, " edges"]:
     """A unit: the metric change of every edge into ``groups`` on one micro-batch (zeros elsewhere)."""
-    from .exact import _clean_run, _group_edges, _run_chunk
+    from .exact import _clean_run, groups_scores
 
     spec, graph, task, groups, max_rows, pieces = payload
     model = context.model(spec)
     clean = _clean_run(model, graph, task)
     fast = fast_exact_for(model, clean.resid_pre, task.position) if pieces else None
-    deltas = clean.outputs - task.ablated(model, graph)
-    per_chunk = max(1, max_rows // task.n_prompts)
-    scores = torch.zeros(graph.n_edges, dtype=torch.float64)
-    for layer, kind in groups:
-        layout = _group_edges(graph, layer, kind)
-        for start in range(0, len(layout), per_chunk):
-            chunk = layout[start : start + per_chunk]
-            values = _run_chunk(model, graph, task, clean, deltas, layer, kind, chunk, fast)
-            scores[[c[0] for c in chunk]] = torch.tensor(values, dtype=torch.float64)
-    return scores
+    return groups_scores(model, graph, task, clean, clean.outputs - task.ablated(model, graph), fast, groups,
+                         max_rows)
 
 
 @torch.no_grad()
@@ -78,6 +64,8 @@ def spread_exact(model, graph: Graph, batches: tuple[Batch, ...], executor, *, m
     spec = ModelSpec.of(model)
     runner = executor_from(executor)
     parts = units_per_batch or max(1, 2 * runner.workers or 2)
+    from .exact import destination_groups
+
     sets = _split(destination_groups(graph), graph, parts)
     units = []
     for i, batch in enumerate(batches):

@@ -138,25 +138,36 @@ class _Pieces:
         return fast
 
 
+def destination_groups(graph: Graph) -> list[tuple[int | None, str]]:
+    """Where edges end, in the order exact patching visits them: each layer's heads, its MLP, the logits."""
+    return [(layer, kind) for layer in range(graph.n_layers) for kind in ("attn", "mlp")] + [(None, "logits")]
+
+
+@torch.no_grad()
+def groups_scores(model, graph: Graph, task: DiscoveryTask, clean: _CleanRun, deltas: Tensor,
+                  fast: FastExact | None, groups, max_rows: int, bar: tqdm | None = None) -> Tensor:
+    """The metric change of every edge into ``groups`` (float64; zeros for the edges of other groups)."""
+    per_chunk = max(1, max_rows // task.n_prompts)
+    scores = torch.zeros(graph.n_edges, dtype=torch.float64)
+    for layer, kind in groups:
+        layout = _group_edges(graph, layer, kind)
+        for start in range(0, len(layout), per_chunk):
+            chunk = layout[start : start + per_chunk]
+            values = _run_chunk(model, graph, task, clean, deltas, layer, kind, chunk, fast)
+            scores[[c[0] for c in chunk]] = torch.tensor(values, dtype=torch.float64)
+            if bar is not None:
+                bar.update(len(chunk))
+    return scores
+
+
 def _batch_scores(model, graph: Graph, task: DiscoveryTask, max_rows: int, nodes: bool, pieces: _Pieces,
                   bar: tqdm) -> dict:
     """One micro-batch: every edge's (and, with ``nodes``, every node's) metric change."""
     ablated = task.ablated(model, graph)
     clean = _clean_run(model, graph, task)
     fast = pieces.for_batch(model, clean, task.position)
-    deltas = clean.outputs - ablated
-    per_chunk = max(1, max_rows // task.n_prompts)
-    scores = torch.zeros(graph.n_edges, dtype=torch.float64)
-    groups = [(layer, kind) for layer in range(graph.n_layers) for kind in ("attn", "mlp")] + [(None, "logits")]
-    with torch.no_grad():
-        for layer, kind in groups:
-            layout = _group_edges(graph, layer, kind)
-            for start in range(0, len(layout), per_chunk):
-                chunk = layout[start : start + per_chunk]
-                values = _run_chunk(model, graph, task, clean, deltas, layer, kind, chunk, fast)
-                scores[[c[0] for c in chunk]] = torch.tensor(values, dtype=torch.float64)
-                bar.update(len(chunk))
-    out = {"edges": scores}
+    out = {"edges": groups_scores(model, graph, task, clean, clean.outputs - ablated, fast,
+                                  destination_groups(graph), max_rows, bar)}
     if nodes:
         out["nodes"] = node_patching_scores(model, graph, task, ablated, clean.value)
     return out
