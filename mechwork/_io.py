@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
-from collections.abc import Iterable, Sequence
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 
@@ -15,6 +18,23 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to a hidden temporary file beside ``path``, then rename it into place, so an
     interrupted write never leaves a half-written file (the rename is atomic on one filesystem)."""
     return atomic_write_bytes(path, text.encode())
+
+
+@contextlib.contextmanager
+def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh hidden sibling of ``final`` to fill; on success it replaces ``final`` (any old folder
+    there is removed), on any exception it is deleted: ``final`` is never left half-written."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

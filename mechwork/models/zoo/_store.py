@@ -17,14 +17,13 @@ import hashlib
 import inspect
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..._io import atomic_directory
 from ._registry import ZooEntry
 
 METADATA_FILE = "mechwork.json"
@@ -116,8 +115,7 @@ def ensure_built(entry: ZooEntry, *, verbose: bool = False) -> Path:
             return final
         if verbose:
             print(f"building zoo:{entry.name} into {final} ...", flush=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-        try:
+        with atomic_directory(final) as tmp:  # replaces a stale, incomplete folder from an older layout
             start = time.perf_counter()
             facts = entry.builder(tmp)
             meta: dict[str, Any] = {
@@ -130,12 +128,6 @@ def ensure_built(entry: ZooEntry, *, verbose: bool = False) -> Path:
                 "facts": facts,
             }
             (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str))
-            if final.exists():  # a stale, incomplete folder from an older layout
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return final
 
 

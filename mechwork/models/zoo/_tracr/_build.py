@@ -10,14 +10,12 @@ output scheme, the checked inputs with their outputs, which the zoo task draws i
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ...._io import atomic_directory
 from ._compile import CompiledProgram, compile_program
 from ._convert import LN_EPS, TokenScheme, shapes_of, to_gpt2, token_scheme, tokenizer_for
 from ._program import TracrProgramError, load_program
@@ -109,18 +107,10 @@ def import_program(path: str | Path, out: str | Path, *, n_check: int = N_CHECK,
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; choose another --out or pass overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         facts = write_checkpoint(path, tmp, n_check=n_check, seed=seed)
         (tmp / "mechwork.json").write_text(json.dumps({"name": Path(path).stem, "kind": "compiled",
                                                        "facts": facts}, indent=2, default=str))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return facts
 
 
