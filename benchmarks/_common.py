@@ -39,19 +39,25 @@ def random_gpt2(name: str, seed: int = 0, **config):
     return mechwork.load(folder, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def llama_random(name: str = "llama-8x512-gqa-random", seed: int = 0):
-    """A Llama-shaped model with random weights: 8 layers, d_model 512, 8 query / 2 key-value heads
-    (grouped-query attention), RMSNorm, gated MLP (d_mlp 1376), rotary positions, vocabulary 32,000."""
+def random_llama(name: str, seed: int = 0, **config):
+    """A Llama with random weights (``LlamaConfig(**config)``, vocabulary 32,000 unless given), saved once
+    under ``bench_out/`` and booted through ``mechwork.load``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = BENCH_DIR / name
     if not (folder / "config.json").is_file():
         torch.manual_seed(seed)
-        cfg = LlamaConfig(vocab_size=32000, hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
-                          num_key_value_heads=2, intermediate_size=1376, max_position_embeddings=256)
+        cfg = LlamaConfig(**{"vocab_size": 32000, **config})
         LlamaForCausalLM(cfg).save_pretrained(folder)
         word_level_tokenizer([f"t{i}" for i in range(cfg.vocab_size)], "t0").save_pretrained(folder)
     return mechwork.load(folder, device="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def llama_random(name: str = "llama-8x512-gqa-random", seed: int = 0):
+    """A Llama-shaped model with random weights: 8 layers, d_model 512, 8 query / 2 key-value heads
+    (grouped-query attention), RMSNorm, gated MLP (d_mlp 1376), rotary positions, vocabulary 32,000."""
+    return random_llama(name, seed, hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
+                        num_key_value_heads=2, intermediate_size=1376, max_position_embeddings=256)
 
 
 def gpt2_small_random(seed: int = 0):
