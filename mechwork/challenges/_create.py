@@ -1,6 +1,7 @@
 """Posing new challenges: of any registered kind from a model and JSON questions
-(:func:`create_challenge`), from any labelling function or label table, or from a model plus a
-ground-truth circuit file. Each becomes a challenge pack folder (see ``_registry``)."""
+(:func:`create_challenge`), from any labelling function or label table, from a model plus a
+ground-truth circuit file, or from a RASP program file compiled by tracr (recover the program, blind).
+Each becomes a challenge pack folder (see ``_registry``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from ..models.zoo._training import Architecture, TrainingRecipe
 from ..models.zoo._writer import save_checkpoint
 from ._kinds import pairs_space
 from ._registry import PAIRS_TEXT, load_pack, write_pack
+from ._sequence import KIND as SEQUENCE_KIND
+from ._sequence import answer_from_record, challenge_text, parse_space, space_from_record
 from ._types import Challenge, ChallengeError
 
 
@@ -83,3 +86,22 @@ def create_circuit_challenge(name: str, model: str, circuit_file: str | os.PathL
                     f"{circuit.task['metric']} at position {circuit.task['position']}.",
         questions=[{"kind": "circuit", "space": {}, "answer": {"nodes": nodes, "edges": edges}}],
         task={**{k: p[k] for k in ("clean", "corrupted", "answers", "wrong")}, "position": circuit.task["position"]})
+
+
+def create_tracr_challenge(name: str, program: str | os.PathLike, folder: str | os.PathLike, *,
+                           title: str | None = None, n_check: int = 1000) -> Challenge:
+    """Compile a RASP program file (as ``mechwork zoo tracr`` does: verified against tracr's own model on
+    ``n_check`` inputs) and write it as a blind pack: recover the program from the model. Only the
+    checkpoint's weights and tokenizer go into the pack's model; RASP's outputs over the whole input space
+    (and held-out longer inputs) are the hidden answer, the program's source its hidden description. The
+    pack says nothing of the program, so give it a name that does not either."""
+    from ..models.zoo._tracr import import_program, read_record
+
+    with tempfile.TemporaryDirectory() as tmp:
+        import_program(program, Path(tmp) / "model", n_check=n_check)
+        record = read_record(Path(tmp) / "model")
+        space = space_from_record(record)
+        return create_challenge(
+            name, Path(tmp) / "model", folder, title=title or f"{name} — recover the compiled program",
+            description=challenge_text(parse_space(space, f"challenge {name!r}")),
+            questions=[{"kind": SEQUENCE_KIND, "space": space, "answer": answer_from_record(record, record["source"])}])

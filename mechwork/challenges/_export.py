@@ -45,6 +45,7 @@ def _starter(challenge: Challenge, has_task: bool) -> nbformat.NotebookNode:
     else:
         cells.append(new_code_cell(
             "tokens = [model.tokenizer.convert_ids_to_tokens(i) for i in range(model.cfg.d_vocab)]\nprint(tokens)"))
+    cells += [new_code_cell(get_kind(ask).starter) for ask in challenge.asks if get_kind(ask).starter]
     nb = new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     return nb

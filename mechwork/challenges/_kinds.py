@@ -8,7 +8,8 @@ A challenge pack names, for each question, a registered kind and that kind's inp
 The kind parses the space once (:class:`ChallengeKind`'s ``parse_space``), and its reader and scorer
 use the parsed value; nothing assumes one model's input layout. Built in (registered in ``_scoring``):
 ``program`` (recover ``label(a, b)`` over ``prefix a b suffix``), ``trigger`` (find the token sequence
-that, inserted into ``prefix x1 .. xL suffix``, flips a clean rule) and ``circuit``. Register your own
+that, inserted into ``prefix x1 .. xL suffix``, flips a clean rule) and ``circuit``; in ``_sequence``,
+``sequence-program`` (recover ``program(tokens)`` of a compiled model, blind). Register your own
 with :func:`register_kind`; a duplicate name is refused.
 """
 
@@ -24,7 +25,7 @@ from torch import Tensor
 from ..models.zoo import pairs, trojan
 from ._types import ChallengeError, ChallengeKind
 
-ASKS = ("program", "circuit", "trigger")  # the built-in kinds' names
+ASKS = ("program", "circuit", "trigger")  # the kinds a version-1 pack may ask
 
 _KINDS: dict[str, ChallengeKind] = {}
 

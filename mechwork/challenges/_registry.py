@@ -17,6 +17,7 @@ their questions get those layouts' spaces.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -27,6 +28,8 @@ from .._io import atomic_write_json, read_json
 from ..models import zoo
 from ..models.zoo import TaskData
 from ._kinds import ASKS, get_kind, pairs_space, refuse_unknown, require, trojan_space
+from ._sequence import KIND as SEQUENCE_KIND
+from ._sequence import answer_from_record, challenge_text, parse_answer, space_from_record
 from ._types import Challenge, ChallengeError, Question
 
 SCHEMA, VERSION = "mechwork.challenge", 2
@@ -98,21 +101,59 @@ def _builtin() -> dict[str, Challenge]:
     return out
 
 
+BLIND_PREFIX = "rasp_"
+BLIND_TITLE = "{name} — recover the compiled program"
+
+
+def blind_name(entry_name: str) -> str:
+    """The neutral name of a compiled zoo entry's blind "recover the program" challenge: nothing of the
+    program's name in it (the find-the-circuit challenge goes by the entry's own name)."""
+    return BLIND_PREFIX + hashlib.sha256(f"blind:{entry_name}".encode()).hexdigest()[:6]
+
+
+def _blind() -> dict[str, str]:
+    """Blind challenge name -> compiled zoo entry; each is built (tracr needed once) when first asked for."""
+    return {blind_name(e.name): e.name for e in zoo.entries() if e.kind == "compiled"}
+
+
+def _blind_challenge(name: str, entry_name: str) -> Challenge:
+    from ..models.zoo._tracr import read_record
+
+    entry = zoo.get_entry(entry_name)
+    record = read_record(zoo.ensure_built(entry))
+    where = f"zoo:{name}"
+    questions = parse_questions([{"kind": SEQUENCE_KIND, "space": space_from_record(record)}], where)
+    return Challenge(
+        name=name, title=BLIND_TITLE.format(name=name), description=challenge_text(questions[0].space),
+        questions=questions, model_dir=_zoo_dir(entry_name),
+        answer=lambda: {SEQUENCE_KIND: parse_answer(answer_from_record(record, entry.summary), where)})
+
+
 def builtin_names() -> list[str]:
-    return sorted(_builtin())
+    return sorted([*_builtin(), *_blind()])
+
+
+def builtin_listing() -> list[tuple[str, tuple[str, ...], str, str]]:
+    """(name, kinds asked, title, description) of every built-in, without building any model."""
+    builtins, blind = _builtin(), _blind()
+    return [(n, builtins[n].asks, builtins[n].title, builtins[n].description) if n in builtins else
+            (n, (SEQUENCE_KIND,), BLIND_TITLE.format(name=n), challenge_text(None))
+            for n in sorted([*builtins, *blind])]
 
 
 def get_challenge(name: str | os.PathLike) -> Challenge:
     """A built-in challenge by name, or a challenge pack by its folder."""
-    builtins = _builtin()
+    builtins, blind = _builtin(), _blind()
+    if str(name) in blind:
+        return _blind_challenge(str(name), blind[str(name)])
     if str(name) in builtins:
         return builtins[str(name)]
     path = Path(name)
     if (path / "challenge.json").is_file():
         return load_pack(path)
-    near = difflib.get_close_matches(str(name), list(builtins), n=2)
+    near = difflib.get_close_matches(str(name), [*builtins, *blind], n=2)
     hint = f" Did you mean {', '.join(map(repr, near))}?" if near else ""
-    raise ChallengeError(f"no challenge {str(name)!r}: not a built-in ({', '.join(sorted(builtins))}) and not a "
+    raise ChallengeError(f"no challenge {str(name)!r}: not a built-in ({', '.join(builtin_names())}) and not a "
                          f"folder holding challenge.json.{hint}")
 
 

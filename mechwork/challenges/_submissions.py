@@ -25,13 +25,12 @@ from ._types import SubmissionError
 P = 113
 MAX_FILE_BYTES = 32 * 1024**2
 
-# Runs in the child: import the file, call label(a, b) on every input, write one JSON line to the
-# original stdout (the submission's own prints go to stderr).
-_RUNNER = r"""
+# The start of every runner, in the child: import the file; reply() writes one JSON line to the original
+# stdout (the submission's own prints go to stderr) and exits.
+RUNNER_PREAMBLE = r"""
 import json, os, runpy, sys
 answer = os.fdopen(os.dup(1), "w")
 os.dup2(2, 1)
-P = int(sys.argv[2])
 def reply(**what):
     answer.write(json.dumps(what) + "\n")
     answer.flush()
@@ -47,6 +46,11 @@ try:
     namespace = runpy.run_path(sys.argv[1], run_name="submission")
 except BaseException as e:
     reply(error="importing the file raised " + describe(e))
+"""
+
+# Calls label(a, b) on every input.
+_RUNNER = RUNNER_PREAMBLE + r"""
+P = int(sys.argv[2])
 fn = namespace.get("label")
 if not callable(fn):
     reply(error="the file defines no function label(a, b)")
@@ -86,13 +90,15 @@ def _signal_name(number: int) -> str:
     return f"{name}" + (f" ({why[name]})" if name in why else "")
 
 
-def execute_program(path: Path, *, timeout: float | int = 30.0, trust: bool = False) -> ProgramRun:
-    """Run a submitted ``label(a, b)`` in the sandbox; ``trust=True`` runs it unisolated where no
-    sandbox is available (refused otherwise, with :class:`~._sandbox.SandboxUnavailable`)."""
+def run_for_answer(path: Path, runner: str, args: list[str], key: str, *, timeout: float | int, trust: bool,
+                   unfinished: str, answer_is: str) -> tuple[object, str]:
+    """Run ``runner`` (which starts with :data:`RUNNER_PREAMBLE`) on a submitted file in the sandbox and return
+    its answer's ``key`` and how it was isolated; every failure is a :class:`SubmissionError` naming the file.
+    ``unfinished`` says what did not finish, for the time-out message; ``answer_is`` what an answer is."""
     _check_size(path)
-    run = run_python(path, _RUNNER, [str(P)], timeout=timeout, trust=trust)
+    run = run_python(path, runner, args, timeout=timeout, trust=trust)
     if run.timed_out:
-        raise SubmissionError(f"{path}: label(a, b) did not finish all {P * P} inputs within {timeout:g} s")
+        raise SubmissionError(f"{path}: {unfinished} within {timeout:g} s")
     if run.output_exceeded:
         raise SubmissionError(f"{path}: the program printed more than {OUTPUT_LIMIT // 1024**2} MiB; it was stopped")
     lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
@@ -103,11 +109,20 @@ def execute_program(path: Path, *, timeout: float | int = 30.0, trust: bool = Fa
         answer = json.loads(lines[-1])
     except json.JSONDecodeError:
         raise SubmissionError(f"{path}: the program's answer is not valid JSON") from None
-    if not isinstance(answer, dict) or not ("error" in answer or "table" in answer):
-        raise SubmissionError(f"{path}: the program's answer is not a label table")
+    if not isinstance(answer, dict) or not ("error" in answer or key in answer):
+        raise SubmissionError(f"{path}: the program's answer is not {answer_is}")
     if "error" in answer:
         raise SubmissionError(f"{path}: {answer['error']}")
-    return ProgramRun(_table_from_rows(answer["table"], f"{path}: the program's answer"), run.isolation)
+    return answer[key], run.isolation
+
+
+def execute_program(path: Path, *, timeout: float | int = 30.0, trust: bool = False) -> ProgramRun:
+    """Run a submitted ``label(a, b)`` in the sandbox; ``trust=True`` runs it unisolated where no
+    sandbox is available (refused otherwise, with :class:`~._sandbox.SandboxUnavailable`)."""
+    rows, isolation = run_for_answer(path, _RUNNER, [str(P)], "table", timeout=timeout, trust=trust,
+                                     unfinished=f"label(a, b) did not finish all {P * P} inputs",
+                                     answer_is="a label table")
+    return ProgramRun(_table_from_rows(rows, f"{path}: the program's answer"), isolation)
 
 
 def run_program(path: Path, *, timeout: float | int = 30.0, trust: bool = False) -> Tensor:

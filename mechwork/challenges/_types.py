@@ -41,7 +41,8 @@ class ChallengeKind:
     - ``score(challenge: Challenge, submission, **options) -> Score``: the submission against
       ``challenge.hidden(name)``, reading the input space from ``challenge.space(name)``.
 
-    ``submit`` says how to submit, for participants (it goes into the blind export's README).
+    ``submit`` says how to submit, for participants (it goes into the blind export's README); ``starter``,
+    where given, is a code cell for the blind export's starter notebook (after the one that loads ``model``).
     """
 
     name: str
@@ -52,6 +53,7 @@ class ChallengeKind:
     claims: Callable[[Path], bool] = field(repr=False)
     read: Callable[..., Any] = field(repr=False)
     score: Callable[..., Score] = field(repr=False)
+    starter: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str) or any(c.isspace() for c in self.name):

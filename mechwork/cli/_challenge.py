@@ -25,12 +25,11 @@ def _load_kinds(args: argparse.Namespace) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from ..challenges import builtin_names, get_challenge
+    from ..challenges import builtin_listing
 
-    for name in builtin_names():
-        c = get_challenge(name)
-        print(f"{name}  [asks for: {', '.join(c.asks)}]  {c.title}")
-        print(textwrap.fill(c.description, 100, initial_indent="    ", subsequent_indent="    "))
+    for name, asks, title, description in builtin_listing():  # builds no model
+        print(f"{name}  [asks for: {', '.join(asks)}]  {title}")
+        print(textwrap.fill(description, 100, initial_indent="    ", subsequent_indent="    "))
     return EXIT_OK
 
 
@@ -60,12 +59,15 @@ def _pose(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from ..challenges import create_circuit_challenge, create_program_challenge
+    from ..challenges import create_circuit_challenge, create_program_challenge, create_tracr_challenge
     from ..challenges._submissions import read_table, run_program
 
-    if bool(args.labels) == bool(args.circuit):
-        raise ValueError("give either --labels (a program challenge) or --circuit with --model (a circuit challenge)")
-    if args.labels:
+    if sum(map(bool, (args.labels, args.circuit, args.tracr))) != 1:
+        raise ValueError("give either --labels (a program challenge), --circuit with --model (a circuit challenge) "
+                         "or --tracr (recover a compiled RASP program, blind)")
+    if args.tracr:
+        challenge = create_tracr_challenge(args.name, args.tracr, args.out)
+    elif args.labels:
         path = Path(args.labels)
         # the organiser's own program: sandboxed where a sandbox works, trusted (run anyway) where not
         table = run_program(path, timeout=args.timeout, trust=True) if path.suffix == ".py" else read_table(path)
@@ -105,12 +107,15 @@ def add_commands(sub) -> None:
     s.add_argument("--kinds", action="append", metavar="MODULE_OR_FILE",
                    help="a Python module or .py file that registers the pack's own challenge kinds (repeatable)")
     s.set_defaults(func=_score)
-    p = csub.add_parser("pose", help="pose a new challenge: a labelling program (trains a model) or a circuit",
-                        epilog="example: mechwork challenge pose less-than --labels label.py --out my_challenge/")
+    p = csub.add_parser("pose", help="pose a new challenge: a labelling program (trains a model), a circuit, or a "
+                        "RASP program compiled by tracr", epilog="examples: mechwork challenge pose less-than --labels "
+                        "label.py --out my_challenge/; mechwork challenge pose mystery --tracr program.py --out pack/")
     p.add_argument("name")
     p.add_argument("--out", required=True, help="the challenge pack folder to write (keep it: it holds the answer)")
     p.add_argument("--labels", help="label(a, b) as a .py file, or a 113 x 113 table (.json/.csv)")
     p.add_argument("--circuit", help="a mechwork circuit file whose edges are the answer")
+    p.add_argument("--tracr", metavar="PROGRAM.py", help="a RASP program file (as for `mechwork zoo tracr`): the pack "
+                   "holds the compiled model under NAME alone, the program's outputs are the hidden answer")
     p.add_argument("--model", help="with --circuit: the model (zoo:NAME or a checkpoint folder)")
     p.add_argument("--task-text", default="", help="with --circuit: the public description of the task")
     p.add_argument("--hint", default="", help="with --labels: extra public text for participants")

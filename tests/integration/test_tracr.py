@@ -4,7 +4,6 @@ discovery recovers it; bad program files fail with errors naming the file."""
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 
@@ -37,9 +36,26 @@ def program():
 '''
 
 
-@functools.cache
-def _compiled(path: str):
-    return compile_file(path)
+_COMPILED: dict[tuple[str, str], tuple] = {}
+
+
+def _compiled(path: str | Path):
+    """Each program compiled once per session, keyed by its path and text: tracr compiles in JAX op by op, and
+    the first run of a compiled model jit-compiles it, seconds each. Errors are not kept (raised each time)."""
+    path = Path(path)
+    key = (str(path.resolve()), path.read_text())
+    if key not in _COMPILED:
+        _COMPILED[key] = compile_file(path)
+    return _COMPILED[key]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compile_once():
+    """The zoo builds (in ``built``) and ``import_program`` compile through the same cache as the tests: what
+    they compile and check is unchanged, it is only not compiled twice."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_build, "compile_file", _compiled)
+        yield
 
 
 def _program_path(stem: str) -> str:
@@ -55,7 +71,7 @@ def built(request):
 
 def _round_trip_mismatches(stem_or_path: str, model, n: int = 1000, seed: int = 1) -> tuple[int, int]:
     compiled, scheme = _compiled(stem_or_path)
-    inputs = random_inputs(compiled, n, seed)
+    inputs = random_inputs(compiled.program, n, seed)
     tracr = tracr_outputs(compiled, inputs)
     bad = mismatches(tracr, model_outputs(model, scheme, token_ids(scheme, compiled.program.bos, inputs)))
     return int(bad.sum()), int(tracr.decided()[:, 1:].sum())
@@ -73,7 +89,7 @@ def test_round_trip_agrees_with_tracr_apply(built):
     """The batched comparison against ``assembled.apply``, tracr's own one-input entry point."""
     stem, _, _, model = built
     compiled, scheme = _compiled(_program_path(stem))
-    for x in random_inputs(compiled, 12, seed=2):
+    for x in random_inputs(compiled.program, 12, seed=2):
         decoded = compiled.assembled.apply([compiled.program.bos, *x]).decoded
         ours = model_outputs(model, scheme, token_ids(scheme, compiled.program.bos, [x]))
         for p in range(1, len(decoded)):
@@ -173,6 +189,42 @@ def test_exact_discovery_recovers_the_ground_truth(built):
     fake_edges = frozenset(rng.choice(sorted(graph.edges), size=len(truth.edges), replace=False).tolist())
     fake = CircuitGroundTruth(nodes=truth.nodes, edges=fake_edges - truth.edges or fake_edges)
     assert ground_truth_scores(scores, fake)["edge_roc_auc"] < 0.95
+
+
+@pytest.mark.parametrize("stem", ["hist", "rank"])
+def test_first_order_attribution_on_a_staircase(stem):
+    """docs/tracr.md: a SelectorWidth head feeds tracr's discretising MLP, a staircase that is flat at every
+    clean input. Plain hooks: 0.95 of the head's output into the MLP changes nothing, none of it changes the
+    metric fully. So EAP (the derivative there) scores the four edges acting only through the head's output 0
+    where exact scores them -1, and EAP-IG with 20 steps (not 5 on rank) crosses the staircase and ranks them."""
+    from mechwork.discovery import discover, ground_truth_scores, task_from_data
+    from mechwork.graph import Graph
+
+    entry = mechwork.zoo.get_entry(PREFIX + stem)
+    model = mechwork.load(f"zoo:{entry.name}")
+    data = entry.task.data(32, seed=0)
+    rows = torch.arange(len(data))
+
+    @torch.no_grad()
+    def metric(strength: float) -> torch.Tensor:
+        kept = {}
+        hooks = [("blocks.0.attn.hook_result", lambda a, hook: kept.__setitem__("head", a[:, :, 0])),
+                 ("blocks.0.hook_mlp_in", lambda a, hook: a - (1 - strength) * kept["head"])]
+        with model.hooks(fwd_hooks=hooks):
+            last = model(data.clean)[:, -1]
+        return last[rows, data.answers] - last[rows, data.wrong]
+
+    assert torch.allclose(metric(0.95), metric(1.0), atol=1e-6) and (metric(0.0) - metric(1.0)).abs().min() > 0.5
+    graph, truth = Graph.from_model(model), entry.ground_truth()
+    task = task_from_data(model, data, ablation="zero")
+    eap, exact = ({e: float(v) for e, v in zip(graph.edges, discover(model, graph, task, m).scores, strict=True)}
+                  for m in ("eap", "exact"))
+    head = "blocks.0.attn.head.0"
+    through_head = [f"input->{head}.q", f"input->{head}.k", f"input->{head}.v", f"{head}->blocks.0.mlp"]
+    assert set(through_head) <= truth.edges
+    assert all(abs(eap[e]) < 1e-6 and exact[e] < -0.5 for e in through_head), (eap, exact)
+    assert eap["input->blocks.0.mlp"] == pytest.approx(-1.0, abs=1e-4)  # Euler: all of f = x . grad f on `one`
+    assert ground_truth_scores(discover(model, graph, task, "eap-ig", steps=20), truth)["edge_roc_auc"] >= 0.95
 
 
 def test_task_corrupted_prompts_change_the_output(built):

@@ -3,7 +3,8 @@
 :func:`write_checkpoint` compiles, converts, saves the checkpoint, boots it through ``mechwork.load``
 and checks it against tracr's own compiled model on ``n_check`` random inputs (and tracr's model
 against RASP with causal selectors); only then does it write ``tracr.json`` (ground truth, the program's
-output scheme, the checked inputs with their outputs, which the zoo task draws its prompts from).
+output scheme, the checked inputs with their outputs, which the zoo task draws its prompts from, and RASP's
+output on the whole input space, the blind challenge's hidden answer: see ``_space``).
 :func:`import_program` does that in a temporary sibling folder renamed into place at the end.
 """
 
@@ -19,6 +20,7 @@ from ...._io import atomic_directory
 from ._compile import CompiledProgram, compile_program
 from ._convert import LN_EPS, TokenScheme, shapes_of, to_gpt2, token_scheme, tokenizer_for
 from ._program import TracrProgramError, load_program
+from ._space import blind_answer
 from ._truth import components, ground_truth
 from ._verify import (
     READOUT_ATOL,
@@ -26,6 +28,7 @@ from ._verify import (
     mismatches,
     model_outputs,
     random_inputs,
+    refuse_later_token_dependence,
     token_ids,
     tracr_outputs,
 )
@@ -35,7 +38,10 @@ N_CHECK = 1000
 
 
 def compile_file(path: str | Path) -> tuple[CompiledProgram, TokenScheme]:
-    compiled = compile_program(load_program(path))
+    """Read, check (RASP's later-token dependence first: it needs no compiling) and compile a program file."""
+    program = load_program(path)
+    refuse_later_token_dependence(program)
+    compiled = compile_program(program)
     return compiled, token_scheme(compiled)
 
 
@@ -63,6 +69,8 @@ def write_checkpoint(path: str | Path, folder: Path, *, n_check: int = N_CHECK, 
         "ground_truth": truth.to_dict(),
         "check": report,
         "samples": {"inputs": [[str(v) for v in x] for x in inputs], "outputs": outputs},
+        # RASP's output on every input (and on held-out longer ones): the blind challenge's hidden answer
+        "blind": blind_answer(compiled.program, compiled.categorical, seed=seed),
     }
     (folder / TRUTH_FILE).write_text(json.dumps(record, indent=1))
     shapes = shapes_of(compiled)
@@ -77,7 +85,7 @@ def check_round_trip(compiled: CompiledProgram, scheme: TokenScheme, folder: Pat
 
     if n_check < 1:
         raise ValueError(f"n_check must be positive, got {n_check}")
-    inputs = random_inputs(compiled, n_check, seed)
+    inputs = random_inputs(compiled.program, n_check, seed)
     tracr = tracr_outputs(compiled, inputs)
     rasp_checked = check_causal(compiled, inputs, tracr)
     model = load(folder)

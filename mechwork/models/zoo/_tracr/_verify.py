@@ -25,7 +25,7 @@ from jaxtyping import Float, Int
 
 from ._compile import CompiledProgram
 from ._convert import TokenScheme
-from ._program import TracrProgramError
+from ._program import TracrProgram, TracrProgramError
 
 NUMERICAL_ATOL = 1e-4  # numerical outputs: |tracr - RASP| at most this
 READOUT_ATOL = 1e-4  # |checkpoint - tracr| readouts at most this
@@ -49,12 +49,11 @@ class Outputs:
         return top2[..., 1] - top2[..., 0] > DECIDED_MARGIN
 
 
-def random_inputs(compiled: CompiledProgram, n: int, seed: int) -> list[list]:
+def random_inputs(program: TracrProgram, n: int, seed: int) -> list[list]:
     """``n`` inputs of ``MAX_SEQ_LEN`` tokens drawn uniformly from the vocabulary (program values, not text)."""
     rng = np.random.default_rng(seed)
-    vocab = compiled.program.vocab
-    draws = rng.integers(0, len(vocab), size=(n, compiled.program.max_seq_len))
-    return [[vocab[i] for i in row] for row in draws]
+    draws = rng.integers(0, len(program.vocab), size=(n, program.max_seq_len))
+    return [[program.vocab[i] for i in row] for row in draws]
 
 
 def tracr_outputs(compiled: CompiledProgram, inputs: list[list]) -> Outputs:
@@ -116,22 +115,23 @@ def rasp_mismatches(compiled: CompiledProgram, inputs: list[list], tracr: Output
     return bad, checked
 
 
-def later_token_dependence(compiled: CompiledProgram, inputs: list[list]) -> tuple[list, int] | None:
+def later_token_dependence(program: TracrProgram, inputs: list[list]) -> tuple[list, int] | None:
     """The first (input, position) where RASP on the whole input differs from RASP on the prefix ending
     there, i.e. where the program's output depends on later tokens; None if there is none."""
     from tracr.rasp import rasp
 
+    categorical = rasp.is_categorical(program.expr)
     for x in inputs:
         try:
-            whole = rasp.evaluate(compiled.program.expr, x)
+            whole = rasp.evaluate(program.expr, x)
         except (ValueError, TypeError):
             continue
         for p in range(len(x)):
             try:
-                prefix = rasp.evaluate(compiled.program.expr, x[: p + 1])[p]
+                prefix = rasp.evaluate(program.expr, x[: p + 1])[p]
             except (ValueError, TypeError):
                 continue
-            if not _same(whole[p], prefix, compiled.categorical):
+            if not _same(whole[p], prefix, categorical):
                 return x, p
     return None
 
@@ -142,16 +142,23 @@ def _same(a, b, categorical: bool) -> bool:
     return abs(float(a) - float(b)) <= NUMERICAL_ATOL
 
 
+def refuse_later_token_dependence(program: TracrProgram, *, seed: int = 0) -> None:
+    """Before compiling (RASP alone decides it): a program not meant with causal selectors must not depend on
+    later tokens on ``N_PREFIX_CHECK`` random inputs, since a causal model sees only the prefix."""
+    if program.causal_semantics:
+        return
+    found = later_token_dependence(program, random_inputs(program, N_PREFIX_CHECK, seed))
+    if found is not None:
+        x, p = found
+        raise TracrProgramError(
+            f"{program.path}: the program fails under causal masking: its output at position {p} of {x} depends "
+            "on later tokens (RASP on the whole input and on the prefix differ there), and a causal model sees "
+            "only the prefix. Set CAUSAL_SEMANTICS = True if the program is meant to be read with causal "
+            "selectors (each position looking at itself and earlier tokens)")
+
+
 def check_causal(compiled: CompiledProgram, inputs: list[list], tracr: Outputs) -> int:
-    if not compiled.program.causal_semantics:
-        found = later_token_dependence(compiled, inputs[:N_PREFIX_CHECK])
-        if found is not None:
-            x, p = found
-            raise TracrProgramError(
-                f"{compiled.program.path}: the program fails under causal masking: its output at position {p} "
-                f"of {x} depends on later tokens (RASP on the whole input and on the prefix differ there), and "
-                "a causal model sees only the prefix. Set CAUSAL_SEMANTICS = True if the program is meant to be "
-                "read with causal selectors (each position looking at itself and earlier tokens)")
+    """tracr's causally masked model against RASP with causal selectors; returns the positions compared."""
     bad, checked = rasp_mismatches(compiled, inputs, tracr)
     if checked == 0:
         raise TracrProgramError(f"{compiled.program.path}: RASP defines no output on {len(inputs)} random inputs; "
