@@ -11,6 +11,10 @@ where mechwork computes them (GPT-Neo, GPT-J, OPT, Phi, Falcon). It shares no co
   shares ``ln1``) with that input, and records what the model computes from it there (``attn.hook_q``
   / ``k`` / ``v`` of that head, ``hook_mlp_out``). The main run then takes that value.
 - Layers are settled bottom-up: each pass replays every value fixed so far.
+- Where a layer normalises its heads' summed output before the residual add (``ln1_post``: Gemma 2/3,
+  OLMo 2), a destination whose edges from some of that layer's heads are ablated reads that layer's
+  write as the model's own norm computes it from the sum with those heads' writes swapped for the
+  corrupted ones: a pass overrides ``ln1_post.hook_in`` with that sum and records ``ln1_post.hook_out``.
 """
 
 from __future__ import annotations
@@ -44,7 +48,28 @@ def _plain_hooks(model):
 
 def _mlp_reads(model, layer: int) -> str:
     block = model.blocks[layer]
-    return f"blocks.{layer}.ln2.hook_in" if getattr(block, "ln2", None) is not None else f"blocks.{layer}.ln1.hook_in"
+    if getattr(block, "ln2", None) is not None:
+        return f"blocks.{layer}.ln2.hook_in"
+    # a parallel block whose MLP shares ln1, or a block with no pre-MLP norm at all (OLMo 2)
+    return f"blocks.{layer}.ln1.hook_in" if getattr(block, "ln1", None) is not None else f"blocks.{layer}.mlp.hook_in"
+
+
+def _attn_reads(model, layer: int) -> str:
+    """The residual a block's attention reads: ``ln1``'s input, or the attention's own (OLMo 2 has no ln1)."""
+    block = model.blocks[layer]
+    return f"blocks.{layer}.ln1.hook_in" if getattr(block, "ln1", None) is not None else f"blocks.{layer}.attn.hook_in"
+
+
+def _post_normed(model, layer: int) -> bool:
+    return getattr(model.blocks[layer], "ln1_post", None) is not None
+
+
+def _normed_layer(model, source: str) -> int | None:
+    """The layer of a head whose write goes through ``ln1_post`` (None for every other source)."""
+    parts = source.split(".")
+    if len(parts) == 5 and parts[2:4] == ["attn", "head"] and _post_normed(model, int(parts[1])):
+        return int(parts[1])
+    return None
 
 
 def _writes(model, layer: int, z: torch.Tensor) -> torch.Tensor:
@@ -91,16 +116,23 @@ def _outputs(model, tokens, fixed: dict) -> dict[str, torch.Tensor]:
     n_layers = model.cfg.n_layers
     names = ["blocks.0.hook_resid_pre"]
     for layer in range(n_layers):
-        names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out", f"blocks.{layer}.ln1.hook_in",
+        names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out", _attn_reads(model, layer),
+                  f"blocks.{layer}.hook_resid_post",
                   _mlp_reads(model, layer)]
+        if _post_normed(model, layer):
+            names += [f"blocks.{layer}.ln1_post.hook_in", f"blocks.{layer}.ln1_post.hook_out"]
     _, seen = _run(model, tokens, fixed, sorted(set(names)))
     out = {"input": seen["blocks.0.hook_resid_pre"]}
     for layer in range(n_layers):
         writes = _writes(model, layer, seen[f"blocks.{layer}.attn.hook_z"])
         out.update({head_node(layer, h): writes[:, :, h] for h in range(writes.shape[2])})
         out[mlp_node(layer)] = seen[f"blocks.{layer}.hook_mlp_out"]
-        out[f"reads.{layer}.attn"] = seen[f"blocks.{layer}.ln1.hook_in"]
+        out[f"reads.{layer}.attn"] = seen[_attn_reads(model, layer)]
+        out[f"reads.{layer}.final"] = seen[f"blocks.{layer}.hook_resid_post"]
         out[f"reads.{layer}.mlp"] = seen[_mlp_reads(model, layer)]
+        if _post_normed(model, layer):
+            out[f"normed.{layer}.in"] = seen[f"blocks.{layer}.ln1_post.hook_in"]
+            out[f"normed.{layer}.out"] = seen[f"blocks.{layer}.ln1_post.hook_out"]
     return out
 
 
@@ -117,7 +149,15 @@ def run_with_edges_ablated_by_passes(model, clean, corrupted, ablated: set[str])
         fixed: dict[str, dict] = defaultdict(dict)
 
         def fed(dst: str, current: dict, reads: torch.Tensor) -> torch.Tensor:
-            return reads + sum(corrupt[s] - current[s] for s in into[dst])
+            plain = [s for s in into[dst] if _normed_layer(model, s) is None]
+            x = reads + sum(corrupt[s] - current[s] for s in plain)
+            for layer in sorted({_normed_layer(model, s) for s in into[dst]} - {None}):
+                swapped = current[f"normed.{layer}.in"] + sum(
+                    corrupt[s] - current[s] for s in into[dst] if _normed_layer(model, s) == layer)
+                name = f"blocks.{layer}.ln1_post.hook_out"
+                _, seen = _run(model, clean, fixed, [name], override=(f"blocks.{layer}.ln1_post.hook_in", swapped))
+                x = x + seen[name] - current[f"normed.{layer}.out"]
+            return x
 
         for layer in range(model.cfg.n_layers):
             current = _outputs(model, clean, fixed)
@@ -129,7 +169,7 @@ def run_with_edges_ablated_by_passes(model, clean, corrupted, ablated: set[str])
                         continue
                     name = f"blocks.{layer}.attn.hook_{port}"
                     x = fed(dst, current, current[f"reads.{layer}.attn"])
-                    _, seen = _run(model, clean, fixed, [name], override=(f"blocks.{layer}.ln1.hook_in", x))
+                    _, seen = _run(model, clean, fixed, [name], override=(_attn_reads(model, layer), x))
                     fixed[name][h] = seen[name][:, :, h]
             if into[mlp_node(layer)]:
                 current = _outputs(model, clean, fixed)  # this layer's heads now as ablated
@@ -138,6 +178,6 @@ def run_with_edges_ablated_by_passes(model, clean, corrupted, ablated: set[str])
                 _, seen = _run(model, clean, fixed, [name], override=(_mlp_reads(model, layer), x))
                 fixed[name][None] = seen[name]
         current = _outputs(model, clean, fixed)
-        final = sum((corrupt[s] - current[s] for s in into["logits"]), torch.zeros(()))
-        logits, _ = _run(model, clean, fixed, [], final_add=final)
+        last = current[f"reads.{model.cfg.n_layers - 1}.final"]
+        logits, _ = _run(model, clean, fixed, [], final_add=fed("logits", current, last) - last)
     return logits

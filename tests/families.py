@@ -18,8 +18,8 @@ import mechwork
 from mechwork.models import BlockLayout, MLPKind, NormKind, PositionKind
 from mechwork.models._families import FAMILIES, build_checkpoint, family_names, get_family
 
-__all__ = ["BRIDGE_LACKS", "EXPECTED", "FAMILIES", "Expected", "Tiny", "family_names", "get_family", "prompts",
-           "tiny_family"]
+__all__ = ["BRIDGE_LACKS", "BRIDGE_UNFAITHFUL", "EXPECTED", "FAMILIES", "Expected", "Tiny", "family_names",
+           "get_family", "prompts", "tiny_family"]
 
 SEQ, PAR = BlockLayout.SEQUENTIAL, BlockLayout.PARALLEL
 LN, RMS = NormKind.LAYERNORM, NormKind.RMSNORM
@@ -93,6 +93,11 @@ def prompts(batch: int = 2, pos: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
 # AttentionBridge, which delegates attention to Hugging Face); "mlp_in" -- hook_mlp_in never reaches the
 # MLP (wired as a pre-hook on ln2: shared-norm parallel blocks have no ln2, and BloomBlockBridge's
 # forward never installs it).
+# What the bridge gives but computes wrongly (found by mechwork's load-time probe, and checked here
+# against the plain model in test_families.py): Bloom's per-head q/k/v input copies -- a head fed its own
+# residual does not compute what the model computes from it -- so mechwork computes them instead.
+BRIDGE_UNFAITHFUL: dict[str, frozenset[str]] = {"bloom": frozenset({"qkv"})}
+
 BRIDGE_LACKS: dict[str, frozenset[str]] = {
     "gpt_neo": frozenset({"result", "qkv"}),
     "gptj": frozenset({"result", "qkv", "mlp_in"}),

@@ -150,7 +150,9 @@ def check_patching(model) -> Cell:
     diff = _max_diff(ours, reference)
     slow = any(issubclass(w.category, SlowPathWarning) for w in said)
     if diff <= 1e-4:
-        return Cell(True, "resumes through start_at_layer (SlowPathWarning)" if slow else "")
+        injected = "" if structure_of(model).start_at_layer_exact else (
+            "; the bridge's start_at_layer ignores the residual here, so mechwork puts it at the block's input")
+        return Cell(True, ("resumes through start_at_layer (SlowPathWarning)" if slow else "") + injected)
     why = "" if structure_of(model).start_at_layer_exact else (
         " (TransformerLens's start_at_layer does not resume at the block on this bridge)")
     return Cell(False, f"resid_pre patching differs from brute-force hook patching by {diff:.2f}{why}")
@@ -190,12 +192,15 @@ def _computed_routes(model) -> str:
     from ..models import structure_of
     from ..models._edge_access import Access
 
-    access = structure_of(model).edge_access
+    structure = structure_of(model)
+    access = structure.edge_access
     computed = [what for what, route in (("head outputs from hook_z and W_O", access.head_outputs),
                                          ("head inputs through ln1 and W_Q/W_K/W_V", access.head_inputs),
                                          ("MLP input through the shared ln1", access.mlp_inputs))
                 if route is Access.COMPUTED]
-    return "; computed by mechwork: " + ", ".join(computed) if computed else ""
+    normed = ("; head edges through the attention-output norm (tests/integration/test_post_norm.py)"
+              if structure.attn_out_norm else "")
+    return ("; computed by mechwork: " + ", ".join(computed) if computed else "") + normed
 
 
 def _structure_summary(model) -> str:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .._batching import weighted_sum
 from ..executors import ModelSpec, Unit, executor_from
-from ..graph import Graph
+from ..graph import Graph, source_deltas
 from ._batches import Batch
 from ._exact_fast import fast_exact_for
 from ._types import DiscoveryTask
@@ -45,8 +45,8 @@ def group_scores(context, payload: tuple) -> Float[Tensor, " edges"]:
     model = context.model(spec)
     clean = _clean_run(model, graph, task)
     fast = fast_exact_for(model, clean.resid_pre, task.position) if pieces else None
-    return groups_scores(model, graph, task, clean, clean.outputs - task.ablated(model, graph), fast, groups,
-                         max_rows)
+    deltas = source_deltas(model, graph, clean.outputs, task.ablated(model, graph))
+    return groups_scores(model, graph, task, clean, deltas, fast, groups, max_rows)
 
 
 @torch.no_grad()

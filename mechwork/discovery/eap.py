@@ -11,6 +11,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ..graph import source_deltas
 from ..hooks._runner import embed
 from ._batches import accumulate, micro_batches
 from ._gradients import destination_grads, edge_attributions
@@ -23,7 +24,7 @@ def _batch_scores(model, graph, task: DiscoveryTask) -> Float[Tensor, " edges"]:
     with torch.no_grad():
         resid = embed(model, task.clean)
     grads = destination_grads(model, graph, task, [resid], record_outputs=True)  # the clean forward + backward
-    return edge_attributions(graph, grads.outputs - ablated, grads)
+    return edge_attributions(graph, source_deltas(model, graph, grads.outputs, ablated, linear=True), grads)
 
 
 @register_method("eap", "edge attribution patching: 2 forwards + 1 backward, first-order estimate")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..graph import source_deltas
 from ..hooks._runner import embed
 from ._batches import accumulate, micro_batches
 from ._gradients import destination_grads, edge_attributions
@@ -34,7 +35,8 @@ def _batch_scores(model, graph, task: DiscoveryTask, steps: int) -> Tensor:
     start = ablated[:, :, 0].to(clean_resid.dtype).expand_as(clean_resid)
     points = [clean_resid] + [start + (k / steps) * (clean_resid - start) for k in range(1, steps)]
     grads = destination_grads(model, graph, task, points, record_outputs=True)
-    return edge_attributions(graph, grads.outputs - ablated, grads, scale=1.0 / steps)
+    return edge_attributions(graph, source_deltas(model, graph, grads.outputs, ablated, linear=True), grads,
+                             scale=1.0 / steps)
 
 
 @register_method("eap-ig", "EAP with integrated gradients over the input embeddings", steps=5)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..graph import PORTS, Graph, clean_start, run_circuit
+from ..graph import PORTS, Graph, clean_start, run_circuit, source_deltas
 from ..hooks._edge_points import edge_flag_values, head_input_hooks, mlp_input_hooks
 from ..hooks._runner import embed, run_layer_then_rest
 from ..metrics import as_scalar, metric_name, metric_value
@@ -166,7 +166,7 @@ def _batch_scores(model, graph: Graph, task: DiscoveryTask, max_rows: int, nodes
     ablated = task.ablated(model, graph)
     clean = _clean_run(model, graph, task)
     fast = pieces.for_batch(model, clean, task.position)
-    out = {"edges": groups_scores(model, graph, task, clean, clean.outputs - ablated, fast,
+    out = {"edges": groups_scores(model, graph, task, clean, source_deltas(model, graph, clean.outputs, ablated), fast,
                                   destination_groups(graph), max_rows, bar)}
     if nodes:
         out["nodes"] = node_patching_scores(model, graph, task, ablated, clean.value)
@@ -183,7 +183,7 @@ def exact(model, graph: Graph, task: DiscoveryTask, max_rows: int = 512, nodes: 
     :class:`~mechwork.executors.Executor`): spread micro-batches x destination groups over its workers."""
     batches = micro_batches(model, graph, task)
     if executor is not None:
-        from ._exact_spread import spread_exact
+        from ._spread import spread_exact
 
         total = spread_exact(model, graph, batches, executor, max_rows=max_rows, nodes=nodes, pieces=pieces)
         return EdgeScores(graph, total["edges"].float(), "exact", node_scores=total.get("nodes"))

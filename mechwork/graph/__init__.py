@@ -8,6 +8,7 @@ from ._engine import (
     masked_forward_from,
     node_outputs,
     run_circuit,
+    source_deltas,
 )
 from ._graph import PORTS, Graph, GraphError, MaskViews
 
@@ -23,4 +24,5 @@ __all__ = [
     "masked_forward",
     "node_outputs",
     "run_circuit",
+    "source_deltas",
 ]

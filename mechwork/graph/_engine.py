@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .._batching import model_device, model_dtype, over_rows, split_rows, weighted_sum
 from ..hooks._edge_points import edge_flags, head_input_hooks, head_output_hooks, mlp_input_hooks
+from ..hooks._head_writes import HeadWrites, head_writes_of
 from ..hooks._runner import embed, run_from
 from ..hooks._validation import InputError
 from ._graph import PORTS, Graph, MaskViews
@@ -105,18 +106,59 @@ def ablation_values(
     raise InputError(f"unknown ablation {kind!r}: use 'corrupted', 'mean' or 'zero'")
 
 
+def source_deltas(model, graph: Graph, outputs: Float[Tensor, "batch pos sources d_model"],
+                  ablated: AblationValues, *, linear: bool = False) -> Float[Tensor, "batch pos sources d_model"]:
+    """What ablating one edge out of each source, alone, subtracts from its destination's input.
+
+    ``out_u - ablated_u`` where heads add to the residual stream. Where a layer normalises its heads'
+    summed output ``S`` (``hooks/_head_writes.py``), a head's is ``norm(S) - norm(S - delta_h)`` (exact
+    patching), or with ``linear`` its first order ``J_norm(S) delta_h`` (the mask gradient EAP and EAP-IG
+    take), at the sum of ``outputs``.
+    """
+    deltas = outputs - ablated
+    writes = head_writes_of(model)
+    if writes.additive:
+        return deltas
+    change = writes.linear_change if linear else writes.change
+    for layer in writes.normed_layers():
+        heads = slice(graph.head_source(layer, 0), graph.head_source(layer, 0) + graph.n_heads)
+        summed = writes.summed(layer, outputs[:, :, heads]).unsqueeze(2)
+        deltas[:, :, heads] = -change(layer, summed, deltas[:, :, heads])
+    return deltas
+
+
 @dataclass
 class _Deltas:
     """``out_u - ablated_u`` of every source seen so far in this run, and the masked sums of them.
 
     Without grad the deltas go into one preallocated buffer. With grad they are kept as chunks,
     since writing into a shared buffer would invalidate the tensors autograd saved for the mask.
+    Heads whose layer normalises their summed output (``hooks/_head_writes.py``) reach a destination
+    through that norm: their part of a destination's correction is ``norm(S) - norm(S - mix)`` per layer,
+    with ``S`` this run's sum, not the plain mix.
     """
 
     ablated: AblationValues
     positional: bool
     buffer: Tensor | None = None
     chunks: list | None = None
+    writes: HeadWrites | None = None  # set when some layer normalises its heads' summed output
+    normed: tuple[tuple[int, int, int], ...] = ()  # (first source, heads, layer) of each such layer
+    _sums: dict | None = None
+
+    @classmethod
+    def for_run(cls, model, graph: Graph, resid: Tensor, ablated: AblationValues, grad: bool) -> _Deltas:
+        deltas = cls(ablated.to(resid.device, resid.dtype), graph.positions is not None)
+        if grad:
+            deltas.chunks = []
+        else:
+            deltas.buffer = resid.new_zeros(*resid.shape[:2], graph.n_sources, resid.shape[-1])
+        writes = head_writes_of(model)
+        if not writes.additive:
+            deltas.writes, deltas._sums = writes, {}
+            deltas.normed = tuple((graph.head_source(layer, 0), graph.n_heads, layer)
+                                  for layer in writes.normed_layers())
+        return deltas
 
     def add(self, index: int, value: Float[Tensor, "batch pos k d_model"]) -> None:
         delta = value - self.ablated[:, :, index : index + value.shape[2]]
@@ -126,13 +168,25 @@ class _Deltas:
             self.chunks.append((index, delta))
 
     def mix(self, weights: Tensor, n_sources: int, heads: bool) -> Tensor:
-        """``sum_u weights[..., u] * delta_u`` over the first ``n_sources`` sources.
+        """The correction to a destination's input: ``sum_u weights[..., u] * delta_u`` over the first
+        ``n_sources`` sources, with normed heads' part taken through their layer's norm.
 
         ``weights``: ``[(pos,) heads, sources]`` for a head group (result ``[batch, pos, heads, d]``) or
         ``[(pos,) sources]`` for one destination (result ``[batch, pos, d]``). A broadcast matmul over
         (batch, pos) is several times faster here than the equivalent einsum on CPU.
         """
         w = weights if heads or not self.positional else weights.unsqueeze(-2)  # [pos, 1, sources]
+        groups = [g for g in self.normed if g[0] + g[1] <= n_sources]
+        if groups:
+            w = w.clone()
+            parts = [self._through_norm(w[..., first : first + n].clone(), first, n, layer, heads)
+                     for first, n, layer in groups]
+            for first, n, _ in groups:
+                w[..., first : first + n] = 0
+        total = self._plain(w, n_sources, heads)
+        return total + sum(parts) if groups else total
+
+    def _plain(self, w: Tensor, n_sources: int, heads: bool) -> Tensor:
         if self.buffer is not None:
             return _squeeze(torch.matmul(w, self.buffer[:, :, :n_sources]), heads, self.positional)
         total = None
@@ -142,6 +196,20 @@ class _Deltas:
             part = torch.matmul(w[..., index : index + delta.shape[2]], delta)
             total = part if total is None else total + part
         return _squeeze(total, heads, self.positional)
+
+    def _of(self, first: int, n: int) -> Tensor:
+        if self.buffer is not None:
+            return self.buffer[:, :, first : first + n]
+        return next(delta for index, delta in self.chunks if index == first)
+
+    def _through_norm(self, w: Tensor, first: int, n: int, layer: int, heads: bool) -> Tensor:
+        """``norm(S) - norm(S - mix)`` for one normed layer: what the destination's input loses."""
+        delta = self._of(first, n)
+        summed = self._sums.get(first)
+        if summed is None:  # this run's sum S = sum_h (delta_h + ablated_h) + b_O, once per run
+            summed = self._sums[first] = self.writes.summed(layer, delta + self.ablated[:, :, first : first + n])
+        removed = _squeeze(torch.matmul(w, delta), heads, self.positional)
+        return -self.writes.change(layer, summed.unsqueeze(2) if heads else summed, removed)
 
 
 def _squeeze(out: Tensor, heads: bool, positional: bool) -> Tensor:
@@ -190,11 +258,7 @@ def masked_forward(
         raise InputError(f"the graph is resolved over {graph.positions} positions, the prompts have {resid.shape[1]}")
     mask = mask.to(resid.device, resid.dtype)
     grad = torch.is_grad_enabled() and (mask.requires_grad or resid.requires_grad)
-    deltas = _Deltas(ablated.to(resid.device, resid.dtype), graph.positions is not None)
-    if grad:
-        deltas.chunks = []
-    else:
-        deltas.buffer = resid.new_zeros(*resid.shape[:2], graph.n_sources, resid.shape[-1])
+    deltas = _Deltas.for_run(model, graph, resid, ablated, grad)
     deltas.add(0, resid.unsqueeze(2))
     hooks = output_hooks(model, graph, deltas.add) + _input_hooks(model, graph, graph.split(mask), deltas,
                                                                    skip_kept=not grad)
@@ -248,8 +312,7 @@ def masked_forward_from(
         raise InputError(f"masked_forward_from layer {layer}: an edge into a lower layer is ablated; start lower")
     resid = clean.resid_pre[layer]
     mask = mask.to(resid.device, resid.dtype)
-    deltas = _Deltas(ablated.to(resid.device, resid.dtype), graph.positions is not None)
-    deltas.buffer = resid.new_zeros(*resid.shape[:2], graph.n_sources, resid.shape[-1])
+    deltas = _Deltas.for_run(model, graph, resid, ablated, grad=False)
     first = graph.n_sources_attn(layer)
     deltas.add(0, clean.outputs[:, :, :first])  # sources below the layer carry their clean outputs
     hooks = output_hooks(model, graph, deltas.add) + _input_hooks(model, graph, graph.split(mask), deltas,

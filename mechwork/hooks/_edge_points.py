@@ -59,8 +59,11 @@ def head_input_hooks(model, layer: int, port: str, edit: Edit) -> list:
 
 
 def mlp_input_hooks(model, layer: int, edit: Edit) -> list:
-    if structure_of(model).edge_access.mlp_inputs is Access.BRIDGE:
+    route = structure_of(model).edge_access.mlp_inputs
+    if route is Access.BRIDGE:
         return [(f"blocks.{layer}.hook_mlp_in", lambda act, hook: edit(act))]
+    if route is Access.NORM_INPUT:  # ln2's input is the MLP's own copy of the residual (the probe checked)
+        return [(f"blocks.{layer}.ln2.hook_in", lambda act, hook: edit(act))]
     # a parallel block sharing ln1: the MLP reads ln1(resid_pre), which the probe checked
     block = model.blocks[layer]
     keep, pre_norm = _keep_pre_norm(layer)

@@ -5,6 +5,8 @@ sender -> receiver therefore adds the sender's output difference (source run min
 receiver's own copy of its input: a head's ``hook_{q,k,v}_input`` slice, an MLP's ``hook_mlp_in``, or
 the final residual for ``logits``. Every other reader still sees the base run. This is the exact edge
 intervention of Wang et al. (2022), and what TransformerLens's ``get_act_patch_direct_path`` computes.
+Where the sender's layer normalises its heads' summed output (Gemma 2/3, OLMo 2), the receiver instead
+gets the change of that layer's normed write when only the sender's term is swapped.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ..metrics import as_scalar, metric_name, metric_value
 from ..models._structure import BlockLayout, structure_of
 from ._batched import micro_batched
 from ._edge_points import edge_flags, head_input_hooks, head_output_hooks, mlp_input_hooks
+from ._head_writes import head_writes_of
 from ._patching import (
     Metric,
     clean_and_corrupted,
@@ -37,6 +40,7 @@ def _sender_hooks(model, node: NodeRef, store: dict) -> list:
     """Hooks putting the sender's write to the residual stream (``[batch, pos, d_model]``) in ``store``."""
     def keep(act: Tensor) -> None:
         store["out"] = act if node.kind != "head" else act[:, :, node.head]
+        store["layer"] = act  # a head's layer: every head's result, for a norm on their sum
 
     if node.kind == "input":
         return [("blocks.0.hook_resid_pre", lambda act, hook: keep(act))]
@@ -47,15 +51,26 @@ def _sender_hooks(model, node: NodeRef, store: dict) -> list:
     raise InputError(f"{node.name} cannot be a sender: senders are 'input', heads and MLPs")
 
 
-def _run_keeping(model, tokens: Tensor, send: NodeRef, resid_names: Sequence[str]) -> tuple[Tensor, Tensor, dict]:
-    """One run: its logits, the sender's output and the residual streams named."""
+def _run_keeping(model, tokens: Tensor, send: NodeRef, resid_names: Sequence[str]) -> tuple[Tensor, dict, dict]:
+    """One run: its logits, the sender's output (and its layer's, for a head) and the residual streams named."""
     store: dict[str, Tensor] = {}
     resid: dict[str, Tensor] = {}
     hooks = _sender_hooks(model, send, store)
     hooks += [(name, lambda act, hook, name=name: resid.__setitem__(name, act)) for name in resid_names]
     with edge_flags(model, outputs=True, inputs=False), hooked(model, hooks):
         logits = model(check_tokens(model, tokens))
-    return logits, store["out"], resid
+    return logits, store, resid
+
+
+def _path_delta(model, send: NodeRef, base: dict, source: dict) -> Tensor:
+    """What patching the sender's path adds to a receiver's input: its source minus its base output, or,
+    for a head whose layer normalises its heads' sum, the change of that layer's write when the head's
+    term in the base run's sum is swapped for its source one (``hooks/_head_writes.py``)."""
+    if send.kind != "head":
+        return source["out"] - base["out"]
+    writes = head_writes_of(model)
+    summed = writes.summed(send.layer, base["layer"])
+    return writes.change(send.layer, summed, base["out"] - source["out"])
 
 
 def receiver_layer(model, node: NodeRef) -> int:
@@ -130,7 +145,7 @@ def path_patching(
     start = min(receiver_layer(model, r) for r in recvs)
     _, base_out, base = _run_keeping(model, base_tokens, send, [resid_name(model, start)])
     _, source_out, _ = _run_keeping(model, source_tokens, send, [])
-    delta = source_out - base_out
+    delta = _path_delta(model, send, base_out, source_out)
     resid = base[resid_name(model, start)]
     if start == n_layers(model):  # only logits receive: the final residual itself is the input
         resid, hooks = resid + delta, []
@@ -173,7 +188,7 @@ def path_patching_sweep(
     resid_hooks = [resid_name(model, layer) for layer in range(first, n_layer)]
     base_logits, base_out, base = _run_keeping(model, base_tokens, send, resid_hooks)
     source_logits, source_out, _ = _run_keeping(model, source_tokens, send, [])
-    delta = source_out - base_out
+    delta = _path_delta(model, send, base_out, source_out)
     onehot = torch.eye(n_recv, dtype=delta.dtype, device=delta.device)  # variant k feeds head k
 
     def feed(act: Tensor) -> Tensor:

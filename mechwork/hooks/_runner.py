@@ -11,8 +11,10 @@ per family); a model whose blocks cannot uses ``start_at_layer`` (exact, slower)
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterator, Sequence
 
+import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -71,8 +73,40 @@ def _standalone_from(model, resid: Tensor, layer: int, stop: int | None = None) 
     return x
 
 
+_BLOCK = re.compile(r"blocks\.(\d+)\.")
+
+
+def hooks_from(fwd_hooks: HookList, layer: int) -> HookList:
+    """The hooks a run resumed at block ``layer`` may fire: none on a block below it.
+
+    The bridge's ``start_at_layer`` still runs blocks ``0 .. layer-1`` (on the injected residual taken as
+    input embeddings) and then discards what they computed; a hook there would see those throwaway
+    values (and an engine recording node outputs would keep them), so resuming drops it, as a true resume
+    never runs those blocks at all.
+    """
+    if layer <= 0:
+        return fwd_hooks
+    return [(name, fn) for name, fn in fwd_hooks
+            if not isinstance(name, str) or (m := _BLOCK.match(name)) is None or int(m.group(1)) >= layer]
+
+
+def resumed_hooks(model, resid: Tensor, layer: int, fwd_hooks: HookList) -> HookList:
+    """The hooks for a run resumed at block ``layer`` through the bridge's ``start_at_layer``: those of
+    :func:`hooks_from`, after one that puts ``resid`` at the block's input where the bridge itself does not
+    (``ModelStructure.start_at_layer_exact``: Bloom's block bridge never swaps the residual in, so every
+    block would run on ``resid`` taken as input embeddings)."""
+    kept = list(hooks_from(fwd_hooks, layer))
+    if layer >= n_layers(model) or structure_of(model).start_at_layer_exact:
+        return kept
+    return [(f"blocks.{layer}.hook_resid_pre", lambda act, hook: resid), *kept]
+
+
 def _unembed(model, x: Float[Tensor, "batch pos d_model"]) -> Tensor:
-    return model.unembed(model.ln_final(x))
+    """The final norm and the unembedding, then the final logit softcap where the model has one (Hugging
+    Face applies it after ``lm_head``; the bridge's ``unembed`` does not)."""
+    logits = model.unembed(model.ln_final(x))
+    cap = structure_of(model).final_logit_softcap
+    return logits if cap is None else cap * torch.tanh(logits / cap)
 
 
 def _resumable(model) -> bool:
@@ -103,7 +137,7 @@ def run_from(
     With ``position`` set, returns ``[batch, vocab]`` logits at that position only.
     """
     fast = _resumable(model)
-    with hooked(model, fwd_hooks):
+    with hooked(model, fwd_hooks if fast else resumed_hooks(model, resid, layer, fwd_hooks)):
         if fast:
             x = _standalone_from(model, resid, layer) if layer < n_layers(model) else resid
             if position is not None:
@@ -128,7 +162,7 @@ def run_layer_then_rest(
     ``layer == n_layers`` applies the hooks' edit nowhere: pass the final residual already edited.
     """
     if layer < n_layers(model) and not _resumable(model):
-        with hook_flags(model, **flags), hooked(model, layer_hooks):
+        with hook_flags(model, **flags), hooked(model, resumed_hooks(model, resid, layer, layer_hooks)):
             logits = _fallback_from(model, resid, layer)
         return logits[:, position] if position is not None else logits
     x = resid

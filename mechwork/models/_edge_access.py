@@ -11,7 +11,10 @@ mechwork computes them from what the bridge does give, with the model's own weig
 - head inputs: the pre-norm residual (``ln1.hook_in``), edited per head, through ``ln1`` and the head's
   ``W_{Q,K,V}`` slice (plus bias), replacing the projection's output at ``attn.hook_{q,k,v}``;
 - the MLP input of a shared-norm parallel block: ``ln1.hook_in`` edited, through ``ln1``, replacing
-  the MLP's own input (``mlp.hook_in``).
+  the MLP's own input (``mlp.hook_in``);
+- the MLP input of a sequential block whose ``hook_mlp_in`` never fires but whose residual bypasses the
+  pre-MLP norm (Bloom: the block adds the residual itself, ``ln2`` feeds only the MLP): ``ln2.hook_in``
+  is then the MLP's own pre-norm copy, edited in place (``Access.NORM_INPUT``).
 
 Each computed route is used only after a probe (one short forward on the booted model) shows that it
 reproduces what the model computes; otherwise it is unavailable and the graph refuses the model by name.
@@ -29,6 +32,7 @@ from torch import Tensor
 class Access(Enum):
     BRIDGE = "bridge hook"  # the bridge's own edge-level hook point
     COMPUTED = "computed"  # reconstructed by mechwork from the bridge's other hooks (checked by the probe)
+    NORM_INPUT = "the pre-MLP norm's input hook"  # ln2.hook_in, which reaches the MLP only (checked by the probe)
     NONE = "unavailable"
 
 
@@ -67,12 +71,15 @@ def head_writes(block, z: Tensor) -> Tensor:
 
 
 def probe_edge_access(model, *, result_hook: bool, input_hooks: bool, mlp_in_fires: bool, shares_norm: bool,
-                      has_mlp: bool) -> EdgeAccess:
+                      has_mlp: bool, parallel: bool) -> EdgeAccess:
     """Which route serves each access point, checked once per model (kept on it); run it before attaching
     hooks of your own, as ``mechwork.load`` does."""
     known = model.__dict__.get(_PROBE_KEY)
     if known is not None:
         return known
+    # The bridge's per-head input copies are used only where a head fed its own residual computes what the
+    # model computes from that residual (Bloom's bridge does not: there mechwork computes them instead).
+    input_hooks = input_hooks and _split_inputs_faithful(model)
     need = not (result_hook and input_hooks and (mlp_in_fires or not has_mlp))
     checks, why = _run_checks(model, shares_norm and has_mlp and not mlp_in_fires) if need else ({}, "")
 
@@ -81,10 +88,13 @@ def probe_edge_access(model, *, result_hook: bool, input_hooks: bool, mlp_in_fir
             return Access.BRIDGE
         return Access.COMPUTED if checks.get(check, False) else Access.NONE
 
+    mlp = route(mlp_in_fires, "mlp") if has_mlp else Access.NONE
+    if mlp is Access.NONE and has_mlp and not parallel and _norm_input_reaches_mlp_only(model):
+        mlp = Access.NORM_INPUT
     access = EdgeAccess(
         head_outputs=route(result_hook, "outputs"),
         head_inputs=route(input_hooks, "inputs"),
-        mlp_inputs=route(mlp_in_fires, "mlp") if has_mlp else Access.NONE,
+        mlp_inputs=mlp,
         why=why,
     )
     model.__dict__[_PROBE_KEY] = access
@@ -118,6 +128,73 @@ def _run_checks(model, check_mlp: bool) -> tuple[dict[str, bool], str]:
         # the bridge lacks a hook or weight these routes read: they are unavailable, and the graph's
         # refusal quotes this reason
         return {}, f"mechwork could not compute them ({type(exc).__name__}: {exc})"
+
+
+def _split_inputs_faithful(model) -> bool:
+    """Feed the last head's (last key/value head's) q/k/v input copy in block 0 a different residual: its
+    q/k/v must equal what the plain model computes when every head reads that residual (two 3-token
+    forwards, layer 0: the blocks share one implementation)."""
+    device = next(model.parameters()).device
+    tokens = torch.arange(3, device=device).remainder(int(model.cfg.d_vocab)).unsqueeze(0)
+    d_model = int(model.cfg.d_model)
+    shift = torch.linspace(-1.0, 1.0, d_model, device=device) * torch.linspace(0.5, 1.5, d_model, device=device).flip(0)
+    seen: dict[str, Tensor] = {}
+    keep = [(f"blocks.0.attn.hook_{p}", lambda act, hook, p=p: seen.__setitem__(p, act.detach().clone()))
+            for p in _PORTS]
+    cfg = model.cfg
+    saved = bool(getattr(cfg, "use_split_qkv_input", False))
+    try:
+        model.set_use_split_qkv_input(False)
+        shifted = ("blocks.0.hook_resid_pre", lambda act, hook: act + shift.to(act.dtype))
+        with torch.no_grad(), model.hooks(fwd_hooks=[shifted, *keep]):
+            model(tokens)
+        plain = dict(seen)
+
+        def feed_last(act: Tensor, hook) -> Tensor:
+            act = act.clone()
+            act[:, :, -1] = act[:, :, -1] + shift.to(act.dtype)
+            return act
+
+        model.set_use_split_qkv_input(True)
+        feeds = [(f"blocks.0.hook_{p}_input", feed_last) for p in _PORTS]
+        with torch.no_grad(), model.hooks(fwd_hooks=[*feeds, *keep]):
+            model(tokens)
+    finally:
+        model.set_use_split_qkv_input(saved)
+    return all(_close(seen[p][:, :, -1], plain[p][:, :, -1]) for p in _PORTS)
+
+
+def _norm_input_reaches_mlp_only(model) -> bool:
+    """Does an edit at every block's ``ln2.hook_in`` change its MLP's output and nothing the residual
+    stream carries past the MLP (``resid_post - mlp_out == resid_mid`` in the edited run)? Two 3-token
+    forwards."""
+    blocks = list(model.blocks)
+    hook_points = set(getattr(model, "hook_dict", {}))
+    names = [f"blocks.{i}.{h}" for i in range(len(blocks))
+             for h in ("hook_resid_mid", "hook_mlp_out", "hook_resid_post")]
+    if not all(f"blocks.{i}.ln2.hook_in" in hook_points for i in range(len(blocks))) or not set(names) <= hook_points:
+        return False
+    device = next(model.parameters()).device
+    tokens = torch.arange(3, device=device).remainder(int(model.cfg.d_vocab)).unsqueeze(0)
+
+    def run(edit: bool) -> dict[str, Tensor]:
+        seen: dict[str, Tensor] = {}
+        hooks = [(n, lambda act, hook, n=n: seen.__setitem__(n, act.detach().clone())) for n in names]
+        if edit:
+            # not a constant shift, which a LayerNorm would remove
+            hooks += [(f"blocks.{i}.ln2.hook_in", lambda act, hook: act + torch.linspace(-1, 1, act.shape[-1],
+                       device=act.device, dtype=act.dtype)) for i in range(len(blocks))]
+        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+            model(tokens)
+        return seen
+
+    clean, edited = run(False), run(True)
+    for i in range(len(blocks)):
+        base = f"blocks.{i}."
+        passed_on = edited[base + "hook_resid_post"] - edited[base + "hook_mlp_out"]
+        if not _close(passed_on, edited[base + "hook_resid_mid"]):
+            return False
+    return not _close(edited["blocks.0.hook_mlp_out"], clean["blocks.0.hook_mlp_out"])
 
 
 def _close(ours: Tensor, theirs: Tensor) -> bool:

@@ -85,7 +85,12 @@ class ModelStructure:
     # with grouped-query attention k and v are per key/value head: [batch, pos, n_kv_heads, d_model]).
     head_input_hooks: bool = True
     mlp_input_hook: bool = True  # blocks.{l}.hook_mlp_in fires and feeds the MLP (and only the MLP)
-    attn_out_norm: bool = False  # a norm on the summed attention output before the residual add (Gemma 2/3, OLMo 2)
+    # a norm on the summed attention output before the residual add (Gemma 2/3, OLMo 2): the layer writes
+    # norm(sum_h result_h + b_O), so its heads' writes are not additive (hooks/_head_writes.py)
+    attn_out_norm: bool = False
+    # logits = cap * tanh(unembed / cap) (Gemma 2): applied by Hugging Face after the unembedding, so anything
+    # that unembeds a residual itself must apply it too
+    final_logit_softcap: float | None = None
     # How the edge graph reaches head outputs, head inputs and MLP inputs: the bridge's hooks above, or
     # computed by mechwork where they are missing (models/_edge_access.py, checked on the model).
     edge_access: EdgeAccess = EdgeAccess(Access.BRIDGE, Access.BRIDGE, Access.BRIDGE)
@@ -113,10 +118,9 @@ class ModelStructure:
         """What the edge graph and patch-mask engine lack for this structure (empty: supported)."""
         # Grouped-query attention: k/v destinations are the key/value heads (graph/_graph.py). A
         # mixture-of-experts MLP is one node: its router and experts all read hook_mlp_in.
+        # A norm on the heads' summed output (Gemma 2/3, OLMo 2): edges from those heads reach their
+        # destinations through it (hooks/_head_writes.py).
         gaps = []
-        if self.attn_out_norm:
-            gaps.append("a norm on the attention output before the residual add, so heads' writes to the "
-                        "residual stream are not additive")
         access, why = self.edge_access, f": {self.edge_access.why}" if self.edge_access.why else ""
         if access.head_outputs is Access.NONE:
             gaps.append("no per-head result hook (blocks.L.attn.hook_result) on the bridge, and hook_z times "
@@ -128,8 +132,8 @@ class ModelStructure:
             gaps.append("no MLP-input hook on the bridge (blocks.L.hook_mlp_in never reaches the MLP)"
                         + ("" if self.layout is BlockLayout.PARALLEL else
                            ", and in a sequential block mechwork does not rebuild the MLP's input"))
-        if not self.start_at_layer_exact:
-            gaps.append("the bridge's start_at_layer does not resume at the block")
+        # A bridge whose start_at_layer does not resume (Bloom) is resumed by mechwork's runner instead
+        # (hooks/_runner.py resumed_hooks).
         return gaps
 
     def require_edge_graph(self) -> None:
@@ -160,7 +164,8 @@ def structure_of(model) -> ModelStructure:
     mlp_in_fires = _mlp_input_hook_fires(model)
     shares_norm = parallel and bool(blocks) and all(getattr(b, "ln2", None) is None for b in blocks)
     access = probe_edge_access(model, result_hook=result_hook, input_hooks=input_hooks, mlp_in_fires=mlp_in_fires,
-                               shares_norm=shares_norm, has_mlp=mlp is not MLPKind.NONE) if blocks else EdgeAccess(
+                               shares_norm=shares_norm, has_mlp=mlp is not MLPKind.NONE,
+                               parallel=parallel) if blocks else EdgeAccess(
         Access.NONE, Access.NONE, Access.NONE, "the model has no blocks")
     return ModelStructure(
         architecture=str(getattr(cfg, "architecture", None) or type(model).__name__),
@@ -178,6 +183,7 @@ def structure_of(model) -> ModelStructure:
         mlp_input_hook=mlp_in_fires,
         attn_out_norm=bool(blocks) and all("ln1_post" in (getattr(b, "submodules", None) or {}) for b in blocks),
         edge_access=access,
+        final_logit_softcap=_positive(getattr(cfg, "output_logits_soft_cap", None)),
     )
 
 
@@ -193,6 +199,10 @@ def warn_slow_path(model, what: str, why: str) -> None:
 
 class SlowPathWarning(UserWarning):
     """A fast path does not apply to this model; mechwork uses a slower exact one instead."""
+
+
+def _positive(value) -> float | None:
+    return float(value) if value is not None and float(value) > 0 else None
 
 
 def _norm_kind(normalization_type, uses_rms: bool) -> NormKind:

@@ -19,40 +19,32 @@ from transformers import AutoModelForCausalLM
 import mechwork
 from mechwork.cli._architectures import brute_force_resid_pre  # plain TL hooks only: the CLI's table uses it too
 from mechwork.discovery import DiscoveryTask, discover, methods, top_n
-from mechwork.graph import Graph, ablation_values, run_circuit
+from mechwork.graph import Graph, ablation_values, clean_start, masked_forward_from, run_circuit
 from mechwork.hooks import activation_patching, cache_activations
+from mechwork.hooks._runner import embed
 from mechwork.models import SlowPathWarning, UnsupportedModelError, structure_of
 from mechwork.models._edge_access import Access
 from tests.edge_reference import all_edges, run_with_edges_ablated
 from tests.edge_reference_passes import run_with_edges_ablated_by_passes
-from tests.families import BRIDGE_LACKS, EXPECTED, family_names, get_family, prompts, tiny_family
+from tests.families import BRIDGE_LACKS, BRIDGE_UNFAITHFUL, EXPECTED, family_names, get_family, prompts, tiny_family
 
 FAMILIES = family_names()
 
-# What mechwork's edge graph does not handle yet (the lead's work in progress): when one is
-# implemented, drop it here and the families it covers must then build an exact graph.
-GRAPH_CANNOT = {
-    "a norm on the attention output": lambda name: EXPECTED[name].attn_out_norm,
-    "start_at_layer does not resume": lambda name: name == "bloom",
-}
+# What mechwork's edge graph does not handle yet: when one is implemented, drop it here and the families
+# it covers must then build an exact graph. (Empty: every family the bridge boots has one.)
+GRAPH_CANNOT: dict = {}
 BRIDGE_GAP_TEXT = {"result": "per-head result hook", "qkv": "q/k/v input hooks", "mlp_in": "MLP-input hook"}
 # Where the bridge lacks an edge hook, mechwork computes it (models/_edge_access.py): head outputs and
-# inputs always; the MLP input only in a parallel block whose MLP shares ln1 (GPT-J, Phi, Falcon).
+# inputs always; the MLP input in a parallel block whose MLP shares ln1 (GPT-J, Phi, Falcon). In a
+# sequential block whose residual bypasses the pre-MLP norm (Bloom), ln2's own input hook serves.
 MECHWORK_COMPUTES = {"result": lambda name: True, "qkv": lambda name: True,
                      "mlp_in": lambda name: EXPECTED[name].layout is mechwork.models.BlockLayout.PARALLEL}
+MLP_NORM_INPUT = {"bloom"}
 
 # TransformerLens 4.3.0's BloomBlockBridge.forward never calls _maybe_inject_start_residual, so
 # bridge(resid, start_at_layer=l) does not resume at block l: it runs every block on resid taken as input
-# embeddings (through Bloom's embedding LayerNorm). mechwork's patching resumes there on every family
-# whose blocks it does not drive itself, so Bloom's sweep is wrong. A TransformerLens bug, recorded as
-# structure_of(model).start_at_layer_exact = False; the hooks layer must not resume there (see the report).
-_BLOOM_START_AT_LAYER = pytest.mark.xfail(
-    strict=True, reason="TransformerLens 4.3.0: start_at_layer does not resume at the block on Bloom "
-    "(BloomBlockBridge.forward skips _maybe_inject_start_residual), and mechwork's patching resumes there")
-
-
-def _with_marks(names, marks: dict):
-    return [pytest.param(n, marks=marks[n]) if n in marks else n for n in names]
+# embeddings (through Bloom's embedding LayerNorm). Recorded as structure_of(model).start_at_layer_exact =
+# False (checked below); mechwork's runner then puts resid at block l's input itself (hooks/_runner.py).
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +54,9 @@ def root(tmp_path_factory):
 
 def _expected_gaps(name: str) -> list[str]:
     gaps = [text for text, applies in GRAPH_CANNOT.items() if applies(name)]
-    return gaps + [BRIDGE_GAP_TEXT[k] for k in sorted(BRIDGE_LACKS.get(name, ())) if not MECHWORK_COMPUTES[k](name)]
+    served = {"mlp_in"} if name in MLP_NORM_INPUT else set()
+    return gaps + [BRIDGE_GAP_TEXT[k] for k in sorted(BRIDGE_LACKS.get(name, ()))
+                   if not MECHWORK_COMPUTES[k](name) and k not in served]
 
 
 def _metric(clean):
@@ -118,12 +112,17 @@ def test_structure_matches_the_family(name, root):
     if not s.head_input_hooks:
         with pytest.raises(NotImplementedError, match="use_split_qkv_input"):
             model.set_use_split_qkv_input(True)
+    lacks = lacks | BRIDGE_UNFAITHFUL.get(name, frozenset())
     routes = {k: (Access.BRIDGE if k not in lacks else Access.COMPUTED if MECHWORK_COMPUTES[k](name) else Access.NONE)
               for k in BRIDGE_GAP_TEXT}
+    if name in MLP_NORM_INPUT:
+        routes["mlp_in"] = Access.NORM_INPUT
     assert (s.edge_access.head_outputs, s.edge_access.head_inputs, s.edge_access.mlp_inputs) == (
         routes["result"], routes["qkv"], routes["mlp_in"])
     _check_mlp_input_hook_by_effect(model, s.mlp_input_hook)
     _check_start_at_layer(model, exact=s.start_at_layer_exact)
+    if s.head_input_hooks:
+        _check_split_query_input(model, faithful="qkv" not in BRIDGE_UNFAITHFUL.get(name, frozenset()))
     if s.head_result_hook:
         _check_head_writes_add_up(model, additive=not s.attn_out_norm)
 
@@ -145,6 +144,29 @@ def _check_mlp_input_hook_by_effect(model, live: bool) -> None:
     finally:
         model.set_use_hook_mlp_in(was_on)
     assert bool((seen["out"] - before).abs().max() > 1e-2) == live
+
+
+def _check_split_query_input(model, faithful: bool) -> None:
+    """Query head 1 of block 0 fed the corrupted prompts' residual through the bridge's own per-head copy
+    computes the corrupted run's query there iff the bridge's split inputs are faithful."""
+    clean, corrupted = prompts()
+    seen = {}
+    with torch.no_grad():
+        _, cache = model.run_with_cache(corrupted, names_filter=["blocks.0.hook_resid_pre", "blocks.0.attn.hook_q"])
+
+        def feed(act, hook):
+            act = act.clone()
+            act[:, :, 1] = cache["blocks.0.hook_resid_pre"]
+            return act
+
+        was_on = bool(model.cfg.use_split_qkv_input)
+        model.set_use_split_qkv_input(True)
+        try:
+            model.run_with_hooks(clean, fwd_hooks=[("blocks.0.hook_q_input", feed),
+                                                   ("blocks.0.attn.hook_q", lambda a, hook: seen.__setitem__("q", a))])
+        finally:
+            model.set_use_split_qkv_input(was_on)
+    assert torch.allclose(seen["q"][:, :, 1], cache["blocks.0.attn.hook_q"][:, :, 1], atol=1e-5) == faithful
 
 
 def _check_start_at_layer(model, exact: bool) -> None:
@@ -186,7 +208,7 @@ def test_caching_equals_run_with_cache(name, root):
     torch.testing.assert_close(logits, tl_logits, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("name", _with_marks(FAMILIES, {"bloom": _BLOOM_START_AT_LAYER}))
+@pytest.mark.parametrize("name", FAMILIES)
 def test_resid_pre_patching_equals_brute_force(name, root):
     """Non-GPT-2 families resume through start_at_layer and say so once (SlowPathWarning); GPT-2 does not."""
     model = tiny_family(name, root).model
@@ -232,13 +254,21 @@ def test_edge_graph_is_exact_or_refused_by_name(name, root):
                                    model(corrupted), atol=1e-4, rtol=1e-4)
         ours = run_circuit(model, graph, clean, (~drop).float(), ablated)
     # two independent references: repeated plain-hook passes (any family), and where the bridge has every
-    # edge hook, one pass that edits them directly
+    # edge hook and heads add to the residual stream, one pass that edits them directly
     reference = run_with_edges_ablated_by_passes(model, clean, corrupted, removed)
     torch.testing.assert_close(ours, reference, atol=1e-4, rtol=1e-4)
-    if not BRIDGE_LACKS.get(name):
+    if not BRIDGE_LACKS.get(name) and not EXPECTED[name].attn_out_norm:
         torch.testing.assert_close(run_with_edges_ablated(model, clean, corrupted, removed), reference,
                                    atol=1e-4, rtol=1e-4)
     assert (reference - model(clean)).abs().max() > 1e-2  # the random circuit changes the output
+    # resuming at block 1 from the clean run (ACDC's trials) gives the same circuit run when nothing below is
+    # ablated: the bridge's start_at_layer reruns block 0 on the injected residual, and a hook recording node
+    # outputs there kept those throwaway values (wrong by ~2 on Llama before hooks.hooks_from)
+    upper = (~drop | (graph.destination_layers < 1)).float()
+    with torch.no_grad():
+        start = clean_start(model, graph, embed(model, clean))
+        torch.testing.assert_close(masked_forward_from(model, graph, start, 1, upper, ablated),
+                                   run_circuit(model, graph, clean, upper, ablated), atol=1e-4, rtol=1e-4)
 
 
 GRAPH_FAMILIES = [n for n in FAMILIES if not _expected_gaps(n)]
@@ -274,7 +304,7 @@ def test_the_architecture_table_is_produced_by_running_the_checks(tmp_path, caps
     assert set(rows) == {"gpt2", "gptj", "gemma2"}
     assert rows["gpt2"].count("✅") == 4 and "❌" not in rows["gpt2"] and "computed by mechwork" not in rows["gpt2"]
     assert rows["gptj"].count("✅") == 4 and "computed by mechwork: head outputs from hook_z" in rows["gptj"]
-    assert rows["gemma2"].count("✅") == 3 and "❌ a norm on the attention output" in rows["gemma2"]
+    assert rows["gemma2"].count("✅") == 4 and "❌" not in rows["gemma2"]
     assert "test_families.py::test_caching_equals_run_with_cache" in out.read_text()
     assert main(["architectures", "--family", "gpt5"]) == 2
     assert "unknown family ['gpt5']" in capsys.readouterr().err
