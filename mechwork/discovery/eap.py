@@ -13,9 +13,9 @@ from torch import Tensor
 
 from ..graph import source_deltas
 from ..hooks._runner import embed
-from ._batches import accumulate, micro_batches
 from ._gradients import destination_grads, edge_attributions
 from ._registry import register_method
+from ._spread import summed_over_batches
 from ._types import DiscoveryTask, EdgeScores
 
 
@@ -27,7 +27,8 @@ def _batch_scores(model, graph, task: DiscoveryTask) -> Float[Tensor, " edges"]:
     return edge_attributions(graph, source_deltas(model, graph, grads.outputs, ablated, linear=True), grads)
 
 
-@register_method("eap", "edge attribution patching: 2 forwards + 1 backward, first-order estimate")
-def eap(model, graph, task: DiscoveryTask) -> EdgeScores:
-    scores = accumulate(micro_batches(model, graph, task), lambda b: _batch_scores(model, graph, b))
+@register_method("eap", "edge attribution patching: 2 forwards + 1 backward, first-order estimate", executor=None)
+def eap(model, graph, task: DiscoveryTask, executor=None) -> EdgeScores:
+    """``executor`` (``"ray"``, a :class:`~mechwork.executors.Executor`): each micro-batch a unit on its workers."""
+    scores = summed_over_batches(model, graph, task, _batch_scores, executor=executor)
     return EdgeScores(graph, scores.cpu(), "eap")

@@ -19,9 +19,9 @@ from torch import Tensor
 
 from ..graph import source_deltas
 from ..hooks._runner import embed
-from ._batches import accumulate, micro_batches
 from ._gradients import destination_grads, edge_attributions
 from ._registry import register_method
+from ._spread import summed_over_batches
 from ._types import DiscoveryTask, EdgeScores
 
 
@@ -39,9 +39,10 @@ def _batch_scores(model, graph, task: DiscoveryTask, steps: int) -> Tensor:
                              scale=1.0 / steps)
 
 
-@register_method("eap-ig", "EAP with integrated gradients over the input embeddings", steps=5)
-def eap_ig(model, graph, task: DiscoveryTask, steps: int = 5) -> EdgeScores:
+@register_method("eap-ig", "EAP with integrated gradients over the input embeddings", steps=5, executor=None)
+def eap_ig(model, graph, task: DiscoveryTask, steps: int = 5, executor=None) -> EdgeScores:
+    """``executor`` (``"ray"``, a :class:`~mechwork.executors.Executor`): each micro-batch a unit on its workers."""
     if steps < 1:
         raise ValueError(f"eap-ig needs at least one step, got {steps}")
-    scores = accumulate(micro_batches(model, graph, task), lambda b: _batch_scores(model, graph, b, steps))
+    scores = summed_over_batches(model, graph, task, _batch_scores, steps, executor=executor)
     return EdgeScores(graph, scores.cpu(), "eap-ig")

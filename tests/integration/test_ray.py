@@ -94,8 +94,16 @@ def test_leaderboard_on_ray_equals_the_local_run(ray_pool, local_board, tmp_path
 
 def test_finishing_order_does_not_change_the_leaderboard(local_board, tmp_path):
     local_out, local_rows = local_board
-    rows = run_leaderboard(tmp_path, models=MODELS, methods=METHODS, settings=SETTINGS, progress=None,
+    # The first model's cells as finished earlier (saves their time); the other model's run in reverse order.
+    for folder in ("cells", "circuits"):
+        (tmp_path / folder).mkdir()
+        for done in (local_out / folder).glob(f"{MODELS[0]}__*.json"):
+            (tmp_path / folder / done.name).write_bytes(done.read_bytes())
+    finished_in = []
+    rows = run_leaderboard(tmp_path, models=MODELS, methods=METHODS, settings=SETTINGS, progress=finished_in.append,
                            executor=_Reversed())
+    assert [line.split()[:2] for line in finished_in if "finished earlier" not in line] == [
+        [MODELS[1], method] for method in reversed(METHODS)]
     assert [(r["model"], r["method"]) for r in rows] == [(r["model"], r["method"]) for r in local_rows]
     assert _same(_cells_and_circuits(tmp_path), _cells_and_circuits(local_out)) == []
 
@@ -277,10 +285,64 @@ def test_exact_patching_spread_over_workers_equals_the_local_run(ray_pool, induc
     task = dataclasses.replace(task_from_data(induction, data), batch_size=batch_size)
     local = discover(induction, graph, task, "exact")
     spread = discover(induction, graph, task, "exact", executor=ray_pool)
-    assert torch.allclose(spread.scores, local.scores, atol=1e-6, rtol=0)
+    _assert_same_scores(spread, local)
     assert spread.node_scores.keys() == local.node_scores.keys()
     assert all(abs(spread.node_scores[k] - v) <= 1e-6 for k, v in local.node_scores.items())
     assert local.scores.abs().max() > 0.1  # not a trivial all-zero agreement
+
+
+class _KeyedByArrival(LocalExecutor):
+    """Broken on purpose: results handed back in arrival order under the keys in submission order (a
+    scheduler that loses track of which unit a result belongs to). The equality checks must catch it."""
+
+    def run(self, units, *, on_done=None):
+        arrived = list(super().run(list(reversed(units)), on_done=on_done).values())
+        return dict(zip((unit.key for unit in units), arrived, strict=True))
+
+
+def _averaged(parts):
+    """Broken on purpose: the per-batch scores averaged, each micro-batch counted alike, not by its prompts."""
+    parts = [value for _, value in parts]
+    return {name: sum(p[name] for p in parts) / len(parts) for name in parts[0]}
+
+
+@pytest.fixture(scope="module")
+def three_micro_batches(induction):
+    from mechwork.discovery import task_from_data
+    from mechwork.graph import Graph
+
+    task = task_from_data(induction, mechwork_zoo_data("induction", 12))
+    return Graph.from_model(induction), dataclasses.replace(task, batch_size=5)  # 5 + 5 + 2 prompts
+
+
+def _assert_same_scores(spread, local) -> None:
+    assert torch.allclose(spread.scores, local.scores, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["eap", "eap-ig"])
+def test_attribution_micro_batches_spread_over_workers_equal_the_local_run(ray_pool, induction, three_micro_batches,
+                                                                        method):
+    from mechwork.discovery import discover
+
+    graph, task = three_micro_batches
+    local = discover(induction, graph, task, method)
+    assert local.scores.abs().max() > 0.1  # not a trivial all-zero agreement
+    _assert_same_scores(discover(induction, graph, task, method, executor=ray_pool), local)
+    _assert_same_scores(discover(induction, graph, task, method, executor=_Reversed()), local)
+
+
+def test_a_broken_combination_of_micro_batches_is_caught(induction, three_micro_batches, monkeypatch):
+    """The check above fails for micro-batch results matched to the wrong batch, or averaged, not weighted
+    (EAP and EAP-IG add up their micro-batches through the same code, so EAP stands for both)."""
+    from mechwork.discovery import _spread, discover
+
+    graph, task = three_micro_batches
+    local = discover(induction, graph, task, "eap")
+    with pytest.raises(AssertionError):
+        _assert_same_scores(discover(induction, graph, task, "eap", executor=_KeyedByArrival()), local)
+    monkeypatch.setattr(_spread, "weighted_sum", _averaged)
+    with pytest.raises(AssertionError):
+        _assert_same_scores(discover(induction, graph, task, "eap", executor=_Reversed()), local)
 
 
 def mechwork_zoo_data(name: str, n: int):
