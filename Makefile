@@ -41,7 +41,7 @@ system:
 
 test: install system
 	$(VENV)/bin/ruff check mechwork tests benchmarks notebooks
-	$(PY) -m pytest; rc=$$?; \
+	$(PY) -m pytest -n 2 --dist loadfile; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 lint: install

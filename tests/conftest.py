@@ -10,7 +10,9 @@ from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 import mechwork  # noqa: E402
 from mechwork.models._tokenizer import word_level_tokenizer  # noqa: E402
 
-torch.set_num_threads(2)
+# `make test` runs the suite on two pytest-xdist workers (one file per worker at a time): one torch thread
+# each then, since most tests run tiny models where a second thread only adds contention
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @pytest.fixture(scope="session")

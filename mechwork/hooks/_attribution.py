@@ -43,9 +43,9 @@ def frozen_parameters(model) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def site_hook(site: Site, layer: int) -> str:
+def site_hook(model, site: Site, layer: int) -> str:
     """Hook whose activation a site's attribution is taken at."""
-    return site.hook_name(layer)
+    return site.served_by(model, layer)
 
 
 def _reduce(site: Site, prod: Tensor, per_position: bool) -> Tensor:
@@ -80,9 +80,9 @@ def attribution_patching(
     chosen = list(range(n_layer)) if layers is None else [int(x) for x in layers]
     if any(not 0 <= x < n_layer for x in chosen):
         raise InputError(f"layers {chosen} out of range [0, {n_layer})")
-    hooks = [site_hook(site, layer) for layer in chosen]
+    hooks = [site_hook(model, site, layer) for layer in chosen]
     name = metric_name(metric)
-    with hook_flags(model, attn_result=site is Site.RESULT, split_qkv=False, mlp_in=False):
+    with hook_flags(model, attn_result=site.uses_result_hook(model), split_qkv=False, mlp_in=False):
         with torch.no_grad():
             source_logits, source = cache_activations(model, source_tokens, hooks)
         base_acts: dict[str, Tensor] = {}

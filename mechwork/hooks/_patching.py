@@ -84,8 +84,8 @@ def compile_plan(model, spec: PatchSpec, n_pos: int) -> PatchPlan:
         variants = [Variant(layer, h, p) for p in positions for h in heads]
         masks = torch.stack([site.variant_mask(n_pos, n_head, v.head, v.pos) for v in variants])
         index = torch.tensor([_coords(v, spec.per_position, site.per_head) for v in variants])
-        hook, start = _hook_and_start(site, layer)
-        jobs.append(LayerJob(layer, hook, site.hook_name(layer), start, masks, index))
+        hook, start = _hook_and_start(model, site, layer)
+        jobs.append(LayerJob(layer, hook, site.served_by(model, layer), start, masks, index))
     return PatchPlan(site, dims, shape, tuple(jobs))
 
 
@@ -93,7 +93,7 @@ def _coords(v: Variant, per_position: bool, per_head: bool) -> list[int]:
     return [v.layer] + ([v.pos] if per_position else []) + ([v.head] if per_head else [])
 
 
-def _hook_and_start(site: Site, layer: int) -> tuple[str | None, int]:
+def _hook_and_start(model, site: Site, layer: int) -> tuple[str | None, int]:
     if site is Site.RESID_MID:
         # The bridge's hook_resid_mid is LayerNorm 2's input: patching it changes what the MLP reads but
         # not the residual stream. Setting attn_out to (target mid - resid_pre) patches the stream itself.
@@ -102,7 +102,7 @@ def _hook_and_start(site: Site, layer: int) -> tuple[str | None, int]:
         return None, layer
     if site is Site.RESID_POST:
         return None, layer + 1
-    return site.hook_name(layer), layer
+    return site.served_by(model, layer), layer
 
 
 def resid_name(model, layer: int) -> str:
@@ -225,8 +225,7 @@ def activation_patching(
     plan = compile_plan(model, spec, clean.shape[1])
     resid_hooks = sorted({resid_name(model, j.start_layer) for j in plan.jobs})
     source_hooks = sorted({j.source for j in plan.jobs})
-    needs_result = plan.site is Site.RESULT
-    with hook_flags(model, attn_result=needs_result, split_qkv=False, mlp_in=False):
+    with hook_flags(model, attn_result=plan.site.uses_result_hook(model), split_qkv=False, mlp_in=False):
         base_logits, base_acts = cache_activations(model, base_tokens, resid_hooks)
         source_logits, source_acts = cache_activations(model, source_tokens, source_hooks)
         values = execute_plan(model, plan, base_acts, source_acts, metric, max_batch=max_batch, progress=progress)

@@ -44,6 +44,19 @@ class Site(StrEnum):
         structure = structure_of(model)
         return structure.n_kv_heads if self in (Site.K, Site.V) else structure.n_heads
 
+    def served_by(self, model, layer: int) -> str:
+        """The hook patched for this site on ``model``: its own, except ``result`` on a bridge without a
+        per-head result hook (GPT-Neo, GPT-J, OPT), where ``hook_z`` serves. Each head's result is its z
+        times its own slice of ``W_O``, so patching one or the other moves everything downstream the same,
+        and the first-order attributions (``(z' - z) . dM/dz = (r' - r) . dM/dr``) are equal too."""
+        if self is Site.RESULT and not self.uses_result_hook(model):
+            return f"blocks.{layer}.attn.hook_z"
+        return self.hook_name(layer)
+
+    def uses_result_hook(self, model) -> bool:
+        """Does serving this site need the bridge's ``hook_result`` switched on?"""
+        return self is Site.RESULT and structure_of(model).head_result_hook
+
     def hook_name(self, layer: int) -> str:
         if self.per_head:
             return f"blocks.{layer}.attn.hook_{self.value}"

@@ -308,3 +308,27 @@ def test_the_architecture_table_is_produced_by_running_the_checks(tmp_path, caps
     assert "test_families.py::test_caching_equals_run_with_cache" in out.read_text()
     assert main(["architectures", "--family", "gpt5"]) == 2
     assert "unknown family ['gpt5']" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::mechwork.models.SlowPathWarning")
+@pytest.mark.parametrize("name", ["gpt2", "gpt_neo", "gptj", "opt"])
+def test_result_site_patching_equals_brute_force(name, root):
+    """Head-result patching where the bridge has hook_result (GPT-2) and where it has none (mechwork patches
+    hook_z, which moves each head's result identically), against a brute-force loop of plain hook_z patches."""
+    model = tiny_family(name, root).model
+    clean, corrupted = prompts()
+    metric = _metric(clean)
+    ours = activation_patching(model, clean, corrupted, metric, "result", direction="noise").values
+    with torch.no_grad():
+        _, cache = model.run_with_cache(corrupted, names_filter=lambda n: n.endswith("attn.hook_z"))
+        reference = torch.zeros(2, 4)
+        for layer in range(2):
+            for head in range(4):
+                def patch(z, hook, layer=layer, head=head):
+                    z = z.clone()
+                    z[:, :, head] = cache[f"blocks.{layer}.attn.hook_z"][:, :, head]
+                    return z
+                logits = model.run_with_hooks(clean, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", patch)])
+                reference[layer, head] = metric.score(logits[:, -1])
+    assert float(reference.max() - reference.min()) > 1e-2
+    torch.testing.assert_close(ours.float(), reference, atol=1e-4, rtol=1e-4)
