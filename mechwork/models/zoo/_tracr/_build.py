@@ -38,11 +38,13 @@ N_CHECK = 1000
 
 
 def compile_file(path: str | Path) -> tuple[CompiledProgram, TokenScheme]:
-    """Read, check (RASP's later-token dependence first: it needs no compiling) and compile a program file."""
+    """Read, check and compile a program file; what can be refused before the slow craft and assembly steps
+    (later-token dependence: RASP alone; output values the tokenizer cannot write) is refused there."""
     program = load_program(path)
     refuse_later_token_dependence(program)
-    compiled = compile_program(program)
-    return compiled, token_scheme(compiled)
+    compiled = compile_program(program, check_outputs=lambda categorical, values: token_scheme(program, categorical,
+                                                                                              values))
+    return compiled, token_scheme(program, compiled.categorical, compiled.output_values)
 
 
 def write_checkpoint(path: str | Path, folder: Path, *, n_check: int = N_CHECK, seed: int = 0) -> dict[str, Any]:

@@ -10,6 +10,8 @@ ground truth comes from. Which transformer layer each craft block lands in is tr
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,10 +45,33 @@ class CompiledProgram:
         return self.assembled.model_config.num_layers
 
 
-def compile_program(program: TracrProgram) -> CompiledProgram:
-    """Compile with ``causal=True``; tracr's refusals become a :class:`TracrProgramError` naming the file."""
+@contextlib.contextmanager
+def zero_initial_weights() -> Iterator[None]:
+    """tracr's assembly initialises its haiku transformer at random (``VarianceScaling``, a truncated-normal
+    draw that XLA compiles for every weight shape: about 80% of the time compiling a program takes here) and
+    then zeroes every transformer weight and writes the craft weights in; the embeddings are matrices it
+    passes in. Initialising with zeros instead gives the same parameters without that compiling (checked
+    by a test against the random initialisation, and every compile is checked against RASP anyway).
+    Process-wide while it lasts; nothing else in mechwork uses haiku."""
+    import haiku as hk
+    import jax.numpy as jnp
+
+    initializer = hk.initializers.VarianceScaling
+    original = initializer.__call__
+    initializer.__call__ = lambda self, shape, dtype: jnp.zeros(shape, dtype)
     try:
-        return _compile(program)
+        yield
+    finally:
+        initializer.__call__ = original
+
+
+def compile_program(program: TracrProgram, check_outputs: Callable[[bool, tuple], Any] | None = None
+                    ) -> CompiledProgram:
+    """Compile with ``causal=True``; tracr's refusals become a :class:`TracrProgramError` naming the file.
+    ``check_outputs(categorical, output_values)`` runs once tracr has inferred the output's values, before
+    the (slow) craft model and assembly, so a program whose outputs cannot be written fails early."""
+    try:
+        return _compile(program, check_outputs)
     except TracrProgramError:
         raise
     except Exception as err:  # tracr signals unsupported programs with NotImplementedError, ValueError, ...
@@ -54,7 +79,7 @@ def compile_program(program: TracrProgram) -> CompiledProgram:
                                 f"{type(err).__name__}: {err}") from err
 
 
-def _compile(program: TracrProgram) -> CompiledProgram:
+def _compile(program: TracrProgram, check_outputs: Callable[[bool, tuple], Any] | None) -> CompiledProgram:
     from tracr.compiler import (
         assemble,
         basis_inference,
@@ -75,12 +100,18 @@ def _compile(program: TracrProgram) -> CompiledProgram:
     extracted = rasp_to_graph.extract_rasp_graph(program.expr)
     graph, sources, sink = extracted.graph, extracted.sources, extracted.sink
     basis_inference.infer_bases(graph, sink, set(program.vocab), program.max_seq_len)
+    categorical = rasp.is_categorical(sink[nodes.EXPR])
+    out_basis = bases.VectorSpaceWithBasis(sink[nodes.OUTPUT_BASIS]).basis  # the order tracr unembeds in
+    output_values = tuple(d.value for d in out_basis) if categorical else ()
+    if check_outputs is not None:
+        check_outputs(categorical, output_values)
     expr_to_craft_graph.add_craft_components_to_rasp_graph(
         graph, bos_dir=bases.BasisDirection(rasp.tokens.label, program.bos), mlp_exactness=100)
     craft_model = craft_graph_to_model.craft_graph_to_model(graph, sources)
-    assembled = craft_model_to_transformer.craft_model_to_transformer(
-        craft_model=craft_model, graph=graph, sink=sink, max_seq_len=program.max_seq_len, causal=True,
-        compiler_bos=program.bos, compiler_pad=COMPILER_PAD)
+    with zero_initial_weights():
+        assembled = craft_model_to_transformer.craft_model_to_transformer(
+            craft_model=craft_model, graph=graph, sink=sink, max_seq_len=program.max_seq_len, causal=True,
+            compiler_bos=program.bos, compiler_pad=COMPILER_PAD)
     _, module_names = assemble._get_model_config_and_module_names(craft_model)
     placed = []
     for name, block in zip(module_names, craft_model.blocks, strict=True):
@@ -89,13 +120,11 @@ def _compile(program: TracrProgram) -> CompiledProgram:
             placed.append(PlacedBlock(layer, "mlp", block))
         else:
             placed.append(PlacedBlock(layer, "attn", block, tuple(block.as_multi().heads())))
-    categorical = rasp.is_categorical(sink[nodes.EXPR])
-    out_basis = bases.VectorSpaceWithBasis(sink[nodes.OUTPUT_BASIS]).basis  # the order tracr unembeds in
     return CompiledProgram(
         program=program, assembled=assembled, blocks=tuple(placed),
         residual_labels=tuple(assembled.residual_labels),
         output_labels=tuple(str(d) for d in out_basis),
-        output_values=tuple(d.value for d in out_basis) if categorical else (),
+        output_values=output_values,
         categorical=categorical,
     )
 

@@ -43,7 +43,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from ..._tokenizer import word_level_tokenizer
 from ._compile import CompiledProgram
-from ._program import TracrProgramError
+from ._program import TracrProgram, TracrProgramError
 
 LN_EPS = 2.0**40
 LN_GAIN = 2.0**20
@@ -63,14 +63,15 @@ class TokenScheme:
         return self.vocab.index(text)
 
 
-def token_scheme(compiled: CompiledProgram) -> TokenScheme:
-    program = compiled.program
+def token_scheme(program: TracrProgram, categorical: bool, output_values: tuple) -> TokenScheme:
+    """The tokenizer's vocabulary and where the outputs are read; known (and refused) once tracr has inferred
+    the output's values, before the model is built (``compile_program``'s ``check_outputs``)."""
     inputs = tuple(str(v) for v in program.vocab)
     vocab = [program.bos, *inputs]
-    if compiled.categorical:
-        texts = [str(v) for v in compiled.output_values]
+    if categorical:
+        texts = [str(v) for v in output_values]
         if len(set(texts)) != len(texts):
-            raise TracrProgramError(f"{program.path}: output values {list(compiled.output_values)} have the same "
+            raise TracrProgramError(f"{program.path}: output values {list(output_values)} have the same "
                                     "text; the checkpoint names output values by their text")
         if any(not t or any(c.isspace() for c in t) for t in texts):
             raise TracrProgramError(f"{program.path}: output values must be non-empty with no whitespace as text: "
@@ -84,7 +85,7 @@ def token_scheme(compiled: CompiledProgram) -> TokenScheme:
         out_ids = (len(vocab) - 1,)
     if program.bos in vocab[1:]:
         raise TracrProgramError(f"{program.path}: an output value's text equals COMPILER_BOS {program.bos!r}")
-    return TokenScheme(tuple(vocab), inputs, out_ids, compiled.categorical)
+    return TokenScheme(tuple(vocab), inputs, out_ids, categorical)
 
 
 @dataclass(frozen=True)
