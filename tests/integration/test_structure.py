@@ -69,8 +69,11 @@ def test_grouped_query_structure_reaches_the_graph(llama_gqa):
 
 
 def test_a_structure_the_graph_lacks_is_refused_by_name(llama_gqa, monkeypatch):
-    s = dataclasses.replace(structure_of(llama_gqa), attn_out_norm=True)
-    with pytest.raises(UnsupportedModelError, match=r"LlamaForCausalLM.*norm on the attention output"):
+    from mechwork.models._edge_access import Access, EdgeAccess
+
+    unreachable = EdgeAccess(Access.NONE, Access.BRIDGE, Access.BRIDGE, "the probe could not run")
+    s = dataclasses.replace(structure_of(llama_gqa), edge_access=unreachable)
+    with pytest.raises(UnsupportedModelError, match=r"LlamaForCausalLM.*no per-head result hook.*probe could not run"):
         s.require_edge_graph()
 
 
