@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from ._structure import structure_of
+from ._structure import UnsupportedModelError, structure_of
 from .zoo import ensure_built, get_entry
 
 ZOO_PREFIX = "zoo:"
@@ -96,7 +96,14 @@ def load(
         raise ModelNotAvailableError(f"could not load {os.fspath(spec)!r}: {exc}") from exc
     bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
     bridge.eval()
-    structure = structure_of(bridge)  # probes hook_mlp_in once, while no hooks are attached
+    try:
+        structure = structure_of(bridge)  # probes hook_mlp_in once, while no hooks are attached
+    except RuntimeError as exc:  # the probe is the bridge's first forward: it cannot run this checkpoint
+        arch = getattr(bridge.cfg, "architecture", None) or type(bridge).__name__
+        raise UnsupportedModelError(
+            f"{os.fspath(spec)!r} ({arch}): TransformerLens's bridge boots it but cannot run a forward pass "
+            f"on it ({exc}); e.g. OPT with do_layer_norm_before=False (OPT-350m) has no final LayerNorm, which "
+            "the bridge's OPT adapter expects") from exc
     if edge_hooks:
         if structure.head_result_hook:
             bridge.set_use_attn_result(True)

@@ -113,3 +113,18 @@ def test_loading_never_requires_edge_hooks(tiny_dir, tmp_path):
     assert not (plain.cfg.use_attn_result or plain.cfg.use_split_qkv_input or plain.cfg.use_hook_mlp_in)
     assert "blocks.0.attn.hook_result" not in hook_names(plain)
     assert structure_of(plain).head_result_hook  # the bridge can give it; it is just off
+
+
+def test_a_checkpoint_the_bridge_cannot_run_is_refused_by_name(tmp_path):
+    """Post-LayerNorm OPT (do_layer_norm_before=False, as OPT-350m) has no final LayerNorm; TransformerLens's OPT
+    adapter boots it but its forward fails: mechwork.load says so, naming the checkpoint and architecture."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+
+    cfg = OPTConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
+                    max_position_embeddings=32, word_embed_proj_dim=32, do_layer_norm_before=False,
+                    bos_token_id=0, eos_token_id=0)
+    OPTForCausalLM(cfg).save_pretrained(tmp_path)
+    word_level_tokenizer([f"w{i}" for i in range(40)], "w0").save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedModelError, match=r"OPTForCausalLM.*cannot run a forward pass"):
+        mechwork.load(tmp_path)
