@@ -41,6 +41,7 @@ system:
 
 test: install system
 	$(VENV)/bin/ruff check mechwork tests benchmarks notebooks
+	$(VENV)/bin/mechwork zoo build  # once, before the two workers (cached in ~/.cache/mechwork afterwards)
 	$(PY) -m pytest -n 2 --dist loadfile; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
