@@ -79,26 +79,9 @@ def train_classifier(
     arch: Architecture,
     recipe: TrainingRecipe,
 ) -> TrainingResult:
-    """Train on ``inputs[train_mask]``; report accuracy on both splits. ``labels`` index ``label_tokens``.
-
-    Runs on ``TRAINING_THREADS`` torch threads whatever the caller set: the float reduction order, and with
-    it the trajectory of a grokking run, changes with the thread count (``pairs`` reached 0.958 held-out
-    accuracy on 2 threads and 0.877 on 1)."""
+    """Train on ``inputs[train_mask]``; report accuracy on both splits. ``labels`` index ``label_tokens``."""
     if inputs.shape[1] > arch.n_ctx:
         raise ValueError(f"inputs have {inputs.shape[1]} positions but n_ctx is {arch.n_ctx}")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(TRAINING_THREADS)
-    try:
-        return _train(inputs, labels, train_mask, vocab_size=vocab_size, label_tokens=label_tokens, arch=arch,
-                      recipe=recipe)
-    finally:
-        torch.set_num_threads(threads)
-
-
-TRAINING_THREADS = 2
-
-
-def _train(inputs, labels, train_mask, *, vocab_size, label_tokens, arch, recipe) -> TrainingResult:
     torch.manual_seed(recipe.seed)
     model = GPT2LMHeadModel(arch.hf_config(vocab_size))
     model.train()
