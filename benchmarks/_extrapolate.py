@@ -11,9 +11,13 @@ it is not; the small model's ratio (extrapolated / measured) says how far to tru
 * **naive**: ``samples`` edges per group, spread the same way, through :func:`naive_edge_patching`;
   estimate = cache set-up + sum over groups of (edges in group) x (median seconds per sampled edge).
 * **ACDC, every edge tested**: ``discover(..., "acdc", threshold=-inf)`` keeps every edge, so no node is
-  ever disconnected and every edge gets its trial (the most ACDC can run). Its loss is wrapped: per
-  destination layer ``samples`` trials spread over the layer's edges are computed and timed, the rest
-  skipped. Estimate = wall time outside trials + sum over layers of (edges into layer) x (median trial).
+  ever disconnected and every edge gets its trial (the most ACDC can run). ACDC runs its trials in calls of
+  one or more (a batch of one destination's trials); its loss is wrapped: per destination layer, the calls
+  holding ``samples`` trials spread evenly over the layer's trials are computed and timed, the rest skipped
+  (with threshold -inf every decision is "keep" whatever a call returns, so skipping changes no call).
+  Calls are thus drawn with probability proportional to their size, and the layer's time is estimated as
+  (trials into the layer) x (mean over timed calls of seconds per trial in the call). Estimate = wall time
+  outside trials + the sum over layers.
 """
 
 from __future__ import annotations
@@ -166,25 +170,30 @@ def edges_per_layer(graph: Graph) -> dict[int, int]:
 def acdc_every_edge(model, graph: Graph, task, samples: int | None = None) -> tuple[float, Estimate, int]:
     """ACDC with every edge kept and tested. ``samples`` per destination layer (None: every trial runs).
 
-    Returns (wall seconds, the estimate from the timed trials, trials run)."""
+    Returns (wall seconds, the estimate from the timed calls, trials run)."""
     counts = edges_per_layer(graph)
-    stride = {layer: max(1, n // samples) for layer, n in counts.items()} if samples else None
-    calls: dict[int, int] = defaultdict(int)
-    trial_seconds: dict[int, list[float]] = defaultdict(list)
+    wanted = {layer: set(spread(list(range(n)), samples)) for layer, n in counts.items()} if samples else None
+    seen: dict[int, int] = defaultdict(int)  # trials offered so far, per layer
+    per_trial: dict[int, list[float]] = defaultdict(list)  # seconds per trial of each timed call
+    timed_trials = [0]
+    trial_seconds = [0.0]
     original = acdc_module._Loss
 
     class TimedLoss(original):
-        def __call__(self, mask, layer: int = 0):
-            if mask.all():  # the starting loss, not a trial
-                return super().__call__(mask, layer)
-            index = calls[layer]
-            calls[layer] += 1
-            if stride and (index % stride[layer] or len(trial_seconds[layer]) >= samples):
-                return 0.0  # skipped; with threshold -inf the edge is restored whatever is returned
+        def __call__(self, masks, layer: int = 0):
+            if masks.ndim == 1:  # the starting loss, not a trial
+                return super().__call__(masks, layer)
+            first = seen[layer]
+            seen[layer] += len(masks)
+            if wanted and not wanted[layer] & set(range(first, first + len(masks))):
+                return [0.0] * len(masks)  # skipped; with threshold -inf every edge is restored whatever is returned
             start = time.perf_counter()
-            value = super().__call__(mask, layer)
-            trial_seconds[layer].append(time.perf_counter() - start)
-            return value
+            values = super().__call__(masks, layer)
+            seconds = time.perf_counter() - start
+            per_trial[layer].append(seconds / len(masks))
+            timed_trials[0] += len(masks)
+            trial_seconds[0] += seconds
+            return values
 
     acdc_module._Loss = TimedLoss
     try:
@@ -193,9 +202,9 @@ def acdc_every_edge(model, graph: Graph, task, samples: int | None = None) -> tu
         wall = time.perf_counter() - start
     finally:
         acdc_module._Loss = original
-    if dict(calls) != counts:
-        raise RuntimeError(f"ACDC ran {sum(calls.values())} trials for {graph.n_edges} edges")
-    estimate = Estimate(wall - sum(sum(t) for t in trial_seconds.values()))
+    if dict(seen) != counts:
+        raise RuntimeError(f"ACDC ran {sum(seen.values())} trials for {graph.n_edges} edges")
+    estimate = Estimate(wall - trial_seconds[0])
     for layer, n in counts.items():
-        estimate.groups[layer] = (n, statistics.median(trial_seconds[layer]))
-    return wall, estimate, sum(len(t) for t in trial_seconds.values())
+        estimate.groups[layer] = (n, statistics.mean(per_trial[layer]))
+    return wall, estimate, timed_trials[0]

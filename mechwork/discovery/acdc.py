@@ -11,6 +11,12 @@ when it was tested (kept edges score >= threshold); edges never tested score bel
 
 With ``checkpoint`` set, progress is saved (atomically) after every destination; rerunning with the
 same settings resumes where the interrupted run stopped.
+
+Speed (the same decisions and scores as one trial at a time): on GPT-2 each trial runs from its
+destination's layer on the model's layer pieces (``_acdc_fast.py``), and several trials of one destination
+run as one batch, each assuming that the edges tested before it in the batch are decided like the last
+edge tested (removed, or kept). Where a decision differs, the trials after it are dropped and rerun; the
+batch doubles after a guess that held and halves after one that did not.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,11 +38,15 @@ from ..graph import Graph, clean_start, masked_forward, masked_forward_from
 from ..hooks._runner import embed
 from ..hooks._validation import InputError
 from ..metrics import KLDivergence, as_scalar, metric_name, metric_value
+from ..models import structure_of, warn_slow_path
+from ._acdc_fast import PieceTrials
 from ._batches import PerBatch, micro_batches
+from ._exact_fast import ACTIVATIONS, LayerPieces, fast_exact_for
 from ._registry import register_method
 from ._types import DiscoveryTask, EdgeScores
 
 CHECKPOINT_VERSION = 1
+TRIAL_ROWS = 512  # prompts x trials run in one batched call (exact patching's default max_rows)
 
 
 def _destinations(graph: Graph) -> list[tuple[int, list[int]]]:
@@ -56,14 +67,21 @@ def _destinations(graph: Graph) -> list[tuple[int, list[int]]]:
 
 
 class _Trial:
-    """One micro-batch's runs of circuits: its embeddings, ablation values and (``from_layer``) clean run."""
+    """One micro-batch's runs of circuits: its embeddings, ablation values and (``from_layer``) clean run;
+    with ``pieces``, trials are computed from the model's layer pieces (checked first when ``check``)."""
 
-    def __init__(self, model, graph: Graph, task: DiscoveryTask, from_layer: bool):
+    def __init__(self, model, graph: Graph, task: DiscoveryTask, from_layer: bool, pieces: LayerPieces | None = None,
+                 check: bool = True):
         self.model, self.graph, self.task = model, graph, task
+        self.fast: PieceTrials | None = None
         with torch.no_grad():
             self.resid = embed(model, task.clean)
             self.ablated = task.ablated(model, graph)
             self.clean = clean_start(model, graph, self.resid) if from_layer else None
+            if self.clean is not None and pieces is not None:
+                fast = fast_exact_for(model, self.clean.resid_pre, task.position, task.metric, check=check,
+                                      pieces=pieces, user="ACDC")
+                self.fast = None if fast is None else PieceTrials(fast, graph, self.clean.outputs, self.ablated)
 
     @torch.no_grad()
     def logits(self, mask: torch.Tensor, layer: int = 0) -> torch.Tensor:
@@ -76,11 +94,37 @@ class _Trial:
         """The task's metric (KL against the full model, or the task metric) with ``mask``: a mean over prompts."""
         return as_scalar(metric_value(self.task.metric, self.logits(mask, layer)), metric_name(self.task.metric))
 
+    def values(self, masks: torch.Tensor, layer: int = 0) -> list[float]:
+        """:meth:`value` of each row of ``masks`` (``[trials, edges]``), batched on the layer pieces."""
+        if self.fast is None:
+            return [self.value(mask, layer) for mask in masks]
+        logits = self.fast.logits(masks, layer)
+        metric = self.task.metric if self.fast.fast.metric is None else self.fast.fast.metric  # the columns read
+        return [as_scalar(metric_value(metric, trial), metric_name(metric)) for trial in logits]
+
+
+def _layer_pieces(model, graph: Graph) -> LayerPieces | None:
+    """The model's layer pieces for ACDC's trials, or ``None`` (saying why) where they do not apply."""
+    structure = structure_of(model)
+    why = None
+    if not structure.layer_pieces:
+        why = f"they follow GPT-2's block and {structure.architecture} is not declared to match it"
+    elif model.cfg.act_fn not in ACTIVATIONS:
+        why = f"its MLP activation {model.cfg.act_fn!r} is not one the pieces compute"
+    elif graph.positions is not None:
+        why = "they do not compute position-resolved graphs yet"
+    if why is not None:
+        warn_slow_path(model, "ACDC's layer pieces", f"{why}; each trial runs the blocks from its destination's "
+                       "layer through the patch-mask engine, one trial at a time (exact, slower)")
+        return None
+    return LayerPieces(model)
+
 
 class _Loss:
     """The loss of a circuit over every prompt; ``layer`` (when every edge below it is still kept) starts the
     runs there. ``"kl"``: the mean KL against the full model (each prompt's own full-model logits, computed
-    once); ``"metric"``: ``|M(circuit) - M(full)|`` of the means over all prompts (never per micro-batch)."""
+    once); ``"metric"``: ``|M(circuit) - M(full)|`` of the means over all prompts (never per micro-batch).
+    Called with one mask, the loss; with ``[trials, edges]`` masks, the list of their losses."""
 
     def __init__(self, model, graph: Graph, task: DiscoveryTask, objective: str, from_layer: bool = True):
         if objective not in ("kl", "metric"):
@@ -96,11 +140,68 @@ class _Loss:
             name = metric_name(task.metric)
             self.full_value = weighted_sum((rows.weight, as_scalar(metric_value(b.task.metric, logits), name))
                                            for b, (rows, logits) in zip(first, full, strict=True))
-        self.trials = PerBatch(micro_batches(model, graph, task), lambda t: _Trial(model, graph, t, from_layer))
+        self.pieces = _layer_pieces(model, graph) if from_layer else None
+        self.width = max(1, TRIAL_ROWS // max(b.rows.size for b in first)) if self.pieces is not None else 1
+        self._checked = False
 
-    def __call__(self, mask: torch.Tensor, layer: int = 0) -> float:
-        value = self.trials.total(lambda trial: trial.value(mask, layer))
-        return value if self.objective == "kl" else abs(value - self.full_value)
+        def build(batch_task: DiscoveryTask) -> _Trial:
+            trial = _Trial(model, graph, batch_task, from_layer, self.pieces, check=not self._checked)
+            self._checked = True
+            if self.pieces is not None and trial.fast is None:  # the check failed (and said so): the engine
+                self.pieces, self.width = None, 1
+            return trial
+
+        self.trials = PerBatch(micro_batches(model, graph, task), build)
+
+    def __call__(self, masks: torch.Tensor, layer: int = 0) -> float | list[float]:
+        single = masks.ndim == 1
+        values = self.trials.total(lambda trial: trial.values(masks[None] if single else masks, layer))
+        if self.objective == "metric":
+            values = [abs(value - self.full_value) for value in values]
+        return values[0] if single else values
+
+
+@dataclass
+class _Speculation:
+    """How many trials of one destination run as one batch, and what each assumes of the edges tested
+    before it in the batch: removed (or kept) like the last edge tested."""
+
+    most: int
+    width: int = 1
+    removed: bool = True
+
+    def after(self, held: bool, last_removed: bool) -> None:
+        self.removed = last_removed
+        self.width = min(self.most, 2 * self.width) if held else max(1, self.width // 2)
+
+
+def _guess_held(removed: bool, guess: _Speculation) -> bool:
+    """Whether an edge was decided as the later trials of its batch assumed."""
+    return removed == guess.removed
+
+
+def _test_edges(loss: _Loss, mask: torch.Tensor, scores: torch.Tensor, edges: list[int], layer: int, current: float,
+                threshold: float, guess: _Speculation) -> float:
+    """Test ``edges`` (all into one destination) in order, exactly as one trial at a time would: remove each
+    for good when the loss rises by less than ``threshold``. Updates ``mask`` and ``scores``; returns the loss."""
+    done = 0
+    while done < len(edges):
+        block = edges[done : done + guess.width]
+        masks = mask.unsqueeze(0).repeat(len(block), 1)
+        for j, i in enumerate(block):
+            masks[j, i] = 0.0
+            masks[j + 1 :, i] = 0.0 if guess.removed else 1.0
+        values = loss(masks, layer)
+        for j, i in enumerate(block):
+            scores[i] = values[j] - current
+            removed = values[j] - current < threshold
+            mask[i] = 0.0 if removed else 1.0
+            current = values[j] if removed else current
+            done += 1
+            if not _guess_held(removed, guess):  # the trials after this one assumed the other decision
+                break
+        guess.after(held=j == len(block) - 1, last_removed=removed)  # held: no trial of the block was dropped
+    return current
 
 
 def _fingerprint(graph: Graph, task: DiscoveryTask, threshold: float, objective: str) -> str:
@@ -146,22 +247,17 @@ def acdc(model, graph: Graph, task: DiscoveryTask, threshold: float = 0.01, obje
         mask, scores, done = torch.tensor(state["mask"]), torch.tensor(state["scores"]), state["done"]
     current = loss(mask)
     sources = graph.endpoint_tensor[:, 0]
+    guess = _Speculation(loss.width)
     for step, (dst, edges) in enumerate(tqdm(destinations, disable=not progress, desc="acdc")):
         if step < done:
             continue
         # a destination is alive while an output it feeds still reaches the logits
         alive = dst == graph.logits_index or any(bool(mask[sources == s].any()) for s in graph.readers(dst))
-        for i in edges:
-            if not alive:
-                mask[i] = 0.0
-                continue
-            mask[i] = 0.0
-            trial = loss(mask, int(graph.destination_layers[i]))
-            scores[i] = trial - current
-            if trial - current < threshold:
-                current = trial
-            else:
-                mask[i] = 1.0
+        if alive:
+            current = _test_edges(loss, mask, scores, edges, int(graph.destination_layers[edges[0]]), current,
+                                  threshold, guess)
+        else:
+            mask[edges] = 0.0
         if path is not None:
             _save_checkpoint(path, {"version": CHECKPOINT_VERSION, "fingerprint": fingerprint, "done": step + 1,
                                     "mask": mask.tolist(), "scores": scores.tolist()})

@@ -20,7 +20,7 @@ from ..hooks._edge_points import edge_flag_values, head_input_hooks, mlp_input_h
 from ..hooks._runner import embed, run_layer_then_rest
 from ..metrics import as_scalar, metric_name, metric_value
 from ._batches import accumulate, micro_batches
-from ._exact_fast import FastExact, fast_exact_for
+from ._exact_fast import FastExact, LayerPieces, fast_exact_for
 from ._registry import register_method
 from ._types import DiscoveryTask, EdgeScores
 
@@ -48,10 +48,10 @@ def _edge_deltas(deltas: Tensor, sources: Tensor, positions: Tensor | None, batc
     return chosen * onehot[:, None, :, None]
 
 
-def _scores_of(logits: Tensor, task: DiscoveryTask, n_edges: int, batch: int, base: float) -> list[float]:
+def _scores_of(logits: Tensor, metric, n_edges: int, batch: int, base: float) -> list[float]:
     per_edge = logits.reshape(n_edges, batch, -1)
-    name = metric_name(task.metric)
-    return [as_scalar(metric_value(task.metric, per_edge[i]), name) - base for i in range(n_edges)]
+    name = metric_name(metric)
+    return [as_scalar(metric_value(metric, per_edge[i]), name) - base for i in range(n_edges)]
 
 
 def _group_edges(graph: Graph, layer: int | None, kind: str) -> list[tuple[int, int, int, int, int | None]]:
@@ -74,17 +74,19 @@ def _run_chunk(model, graph, task, clean: _CleanRun, deltas, layer, kind, chunk,
     sources = torch.tensor([c[3] for c in chunk], device=deltas.device)
     positions = torch.tensor([c[4] for c in chunk], device=deltas.device) if graph.positions else None
     edits = _edge_deltas(deltas, sources, positions, batch)  # [n, batch, pos, d]
-    if fast is not None and kind == "attn":
+    if fast is not None and kind in ("attn", "mlp"):
+        # the pieces may compute only the logits the metric reads: fast.metric scores those
+        metric = task.metric if fast.metric is None else fast.metric
+        if kind == "mlp":
+            return _scores_of(fast.mlp_edges(layer, edits), metric, n, batch, clean.value)
         ports = torch.tensor([c[1] for c in chunk], device=deltas.device)
         heads = torch.tensor([c[2] for c in chunk], device=deltas.device)
-        return _scores_of(fast.head_edges(layer, ports, heads, edits), task, n, batch, clean.value)
-    if fast is not None and kind == "mlp":
-        return _scores_of(fast.mlp_edges(layer, edits), task, n, batch, clean.value)
+        return _scores_of(fast.head_edges(layer, ports, heads, edits), metric, n, batch, clean.value)
     if kind == "logits":
         final = clean.resid_pre[-1].unsqueeze(0) - edits
         logits = run_layer_then_rest(model, final.flatten(0, 1), graph.n_layers, position=task.position,
                                      layer_hooks=(), flags={})
-        return _scores_of(logits, task, n, batch, clean.value)
+        return _scores_of(logits, task.metric, n, batch, clean.value)
     resid = clean.resid_pre[layer].unsqueeze(0).expand(n, -1, -1, -1).flatten(0, 1)
     if kind == "mlp":
         def edit_mlp(act: Tensor) -> Tensor:
@@ -108,7 +110,7 @@ def _run_chunk(model, graph, task, clean: _CleanRun, deltas, layer, kind, chunk,
             hooks += head_input_hooks(model, layer, port, edit_head)
     flags = edge_flag_values(model, outputs=False, inputs=True)
     logits = run_layer_then_rest(model, resid, layer, position=task.position, layer_hooks=hooks, flags=flags)
-    return _scores_of(logits, task, n, batch, clean.value)
+    return _scores_of(logits, task.metric, n, batch, clean.value)
 
 
 @torch.no_grad()
@@ -129,12 +131,15 @@ class _Pieces:
 
     wanted: bool
     checked: bool = False
+    layers: LayerPieces | None = None  # the model's weights laid out for the pieces, built once
 
-    def for_batch(self, model, clean: _CleanRun, position: int) -> FastExact | None:
+    def for_batch(self, model, clean: _CleanRun, task: DiscoveryTask) -> FastExact | None:
         if not self.wanted:
             return None
-        fast = fast_exact_for(model, clean.resid_pre, position, check=not self.checked)
+        fast = fast_exact_for(model, clean.resid_pre, task.position, task.metric, check=not self.checked,
+                              pieces=self.layers)
         self.wanted, self.checked = fast is not None, True
+        self.layers = None if fast is None else fast.pieces
         return fast
 
 
@@ -165,7 +170,7 @@ def _batch_scores(model, graph: Graph, task: DiscoveryTask, max_rows: int, nodes
     """One micro-batch: every edge's (and, with ``nodes``, every node's) metric change."""
     ablated = task.ablated(model, graph)
     clean = _clean_run(model, graph, task)
-    fast = pieces.for_batch(model, clean, task.position)
+    fast = pieces.for_batch(model, clean, task)
     out = {"edges": groups_scores(model, graph, task, clean, source_deltas(model, graph, clean.outputs, ablated), fast,
                                   destination_groups(graph), max_rows, bar)}
     if nodes:
