@@ -114,7 +114,9 @@ def exact_group_scores(model, graph: Graph, task: DiscoveryTask, groups: list, m
     from .exact import _clean_run, groups_scores
 
     clean = _clean_run(model, graph, task)
-    fast = fast_exact_for(model, clean.resid_pre, task.position) if pieces else None
+    # the metric too, as the local run passes it: the pieces then compute only the logits it reads, so
+    # the spread run's sums are the local run's to the bit, not merely to float noise
+    fast = fast_exact_for(model, clean.resid_pre, task.position, task.metric) if pieces else None
     deltas = source_deltas(model, graph, clean.outputs, task.ablated(model, graph))
     return groups_scores(model, graph, task, clean, deltas, fast, groups, max_rows)
 
