@@ -32,9 +32,12 @@ LABEL_TOKENS = torch.tensor([P + 2, P + 3])  # "L0", "L1"
 #: The recipe of the published challenge (about 97% test accuracy; slow on a CPU).
 REFERENCE_ARCH = Architecture(d_model=128, n_layers=1, n_heads=8, d_mlp=1024, n_ctx=3, activation="relu")
 REFERENCE_RECIPE = TrainingRecipe(epochs=5000, lr=5e-4, weight_decay=1.0)
-#: The zoo's default: same shape of model, smaller and faster (about 30 s on 2 cores).
+#: The zoo's default: same shape of model, smaller and faster (about a minute on 2 cores). One-cycle
+#: schedule: at a constant 3e-3 the held-out accuracy oscillates (0.83-0.96 between epochs 100 and
+#: 600) and where it stops moved with the torch/transformers build (0.958, later 0.877); annealed it
+#: settles (0.973 held-out at 600 epochs, rising every 100 epochs from 0.951 at 100).
 DEFAULT_ARCH = Architecture(d_model=64, n_layers=1, n_heads=4, d_mlp=256, n_ctx=3, activation="relu")
-DEFAULT_RECIPE = TrainingRecipe(epochs=600, lr=3e-3, weight_decay=1.0)
+DEFAULT_RECIPE = TrainingRecipe(epochs=600, lr=3e-3, weight_decay=1.0, schedule="one_cycle")
 
 Labelling = Callable[[int, int], int] | Tensor | np.ndarray
 
