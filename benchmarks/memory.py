@@ -23,7 +23,7 @@ input embeddings with parameters frozen (no parameter gradients: the methods com
 strictest baseline: a training-style backward that also fills parameter gradients would be larger.
 
 ``--breakdown`` (and the full run) adds where EAP's peak goes on GPT-2's shape: the tensors autograd saves
-for the backward (grouped by shape), the node-output buffers and the per-destination gradients, and the
+for the backward (grouped by shape), the ablation-value buffer the deltas are written into, and the
 peak of each stage.
 """
 
@@ -212,7 +212,7 @@ def eap_stages(model, graph: Graph, task: DiscoveryTask, meter: PeakMeter) -> di
     """EAP's steps one at a time (the same functions ``discover(..., "eap")`` calls): each stage's peak
     over what was live before it, what it leaves live, and what autograd saves for the backward; the
     baseline forward+backward's saved tensors for comparison."""
-    from mechwork.discovery._gradients import destination_grads, edge_attributions
+    from mechwork.discovery._gradients import edge_attributions
 
     stages, kept = {}, {}
     saved_plain = SavedForBackward(model)
@@ -221,27 +221,17 @@ def eap_stages(model, graph: Graph, task: DiscoveryTask, meter: PeakMeter) -> di
     state = {}
     stages["ablation values: the corrupted forward"] = meter.added(
         lambda: state.__setitem__("ablated", task.ablated(model, graph)))[0]
-    kept["ablation values [batch, pos, sources, d_model]"] = _nbytes([state["ablated"]])
+    kept["ablation values, then the deltas in their place [batch, pos, sources, d_model]"] = _nbytes([state["ablated"]])
     saved_eap = SavedForBackward(model)
 
     def clean_forward_backward():
         with torch.no_grad():
             resid = embed(model, task.clean)
         with saved_eap.hooks():
-            state["grads"] = destination_grads(model, graph, task, [resid], record_outputs=True)
+            edge_attributions(model, graph, task, [resid], state["ablated"], reuse_ablated=True)
 
-    stages["clean forward + backward with every destination's gradient"] = meter.added(clean_forward_backward)[0]
-    grads = state["grads"]
-    kept["clean node outputs [batch, pos, sources, d_model]"] = _nbytes([grads.outputs])
-    kept["per-destination gradients (float32): q/k/v inputs [batch, pos, heads, d_model] per layer and port"] = (
-        _nbytes([t for ports in grads.attn for t in ports]))
-    kept["per-destination gradients (float32): MLP inputs and logits [batch, pos, d_model]"] = (
-        _nbytes([*grads.mlp, grads.logits]))
-    stages["deltas = outputs - ablated"] = meter.added(
-        lambda: state.__setitem__("deltas", grads.outputs - state["ablated"]))[0]
-    kept["deltas [batch, pos, sources, d_model]"] = _nbytes([state["deltas"]])
-    stages["edge_attributions (one matmul per destination group)"] = meter.added(
-        lambda: edge_attributions(graph, state["deltas"], grads))[0]
+    stages["clean forward + backward, edge scores taken layer by layer in the backward"] = meter.added(
+        clean_forward_backward)[0]
     return {"stages": stages, "kept": kept, "saved_plain": dict(saved_plain.bytes),
             "saved_eap": dict(saved_eap.bytes)}
 

@@ -11,9 +11,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..graph import source_deltas
 from ..hooks._runner import embed
-from ._gradients import destination_grads, edge_attributions
+from ._gradients import edge_attributions
 from ._registry import register_method
 from ._spread import summed_over_batches
 from ._types import DiscoveryTask, EdgeScores
@@ -23,8 +22,8 @@ def _batch_scores(model, graph, task: DiscoveryTask) -> Float[Tensor, " edges"]:
     ablated = task.ablated(model, graph)  # the corrupted forward (or the shared mean)
     with torch.no_grad():
         resid = embed(model, task.clean)
-    grads = destination_grads(model, graph, task, [resid], record_outputs=True)  # the clean forward + backward
-    return edge_attributions(graph, source_deltas(model, graph, grads.outputs, ablated, linear=True), grads)
+    # the clean forward + backward; a batch's own ablation values may be overwritten by the deltas
+    return edge_attributions(model, graph, task, [resid], ablated, reuse_ablated=task.shared_ablation is None)
 
 
 @register_method("eap", "edge attribution patching: 2 forwards + 1 backward, first-order estimate", executor=None)

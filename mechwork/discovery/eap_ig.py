@@ -17,9 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..graph import source_deltas
 from ..hooks._runner import embed
-from ._gradients import destination_grads, edge_attributions
+from ._gradients import edge_attributions
 from ._registry import register_method
 from ._spread import summed_over_batches
 from ._types import DiscoveryTask, EdgeScores
@@ -34,8 +33,7 @@ def _batch_scores(model, graph, task: DiscoveryTask, steps: int) -> Tensor:
     # (the sum over points does not depend on their order), which saves a separate clean forward.
     start = ablated[:, :, 0].to(clean_resid.dtype).expand_as(clean_resid)
     points = [clean_resid] + [start + (k / steps) * (clean_resid - start) for k in range(1, steps)]
-    grads = destination_grads(model, graph, task, points, record_outputs=True)
-    return edge_attributions(graph, source_deltas(model, graph, grads.outputs, ablated, linear=True), grads,
+    return edge_attributions(model, graph, task, points, ablated, reuse_ablated=task.shared_ablation is None,
                              scale=1.0 / steps)
 
 

@@ -117,14 +117,20 @@ def source_deltas(model, graph: Graph, outputs: Float[Tensor, "batch pos sources
     """
     deltas = outputs - ablated
     writes = head_writes_of(model)
-    if writes.additive:
-        return deltas
-    change = writes.linear_change if linear else writes.change
     for layer in writes.normed_layers():
         heads = slice(graph.head_source(layer, 0), graph.head_source(layer, 0) + graph.n_heads)
-        summed = writes.summed(layer, outputs[:, :, heads]).unsqueeze(2)
-        deltas[:, :, heads] = -change(layer, summed, deltas[:, :, heads])
+        deltas[:, :, heads] = normed_head_deltas(writes, layer, outputs[:, :, heads], deltas[:, :, heads],
+                                                 linear=linear)
     return deltas
+
+
+def normed_head_deltas(writes: HeadWrites, layer: int, results: Float[Tensor, "batch pos heads d_model"],
+                       deltas: Float[Tensor, "batch pos heads d_model"], *,
+                       linear: bool) -> Float[Tensor, "batch pos heads d_model"]:
+    """:func:`source_deltas` for the heads of one layer that normalises their summed output: ``results``
+    are their outputs, ``deltas`` their ``out - ablated``."""
+    summed = writes.summed(layer, results).unsqueeze(2)
+    return -(writes.linear_change if linear else writes.change)(layer, summed, deltas)
 
 
 @dataclass

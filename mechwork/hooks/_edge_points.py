@@ -8,7 +8,12 @@ computes them (``models/_edge_access.py``):
 - ``head_output_hooks(model, layer, record)``: ``record(writes)`` with ``[batch, pos, heads, d_model]``;
 - ``head_input_hooks(model, layer, port, edit)`` and ``mlp_input_hooks(model, layer, edit)``: ``edit``
   receives the destination's own pre-norm input (``[batch, pos, heads of the port, d_model]`` or
-  ``[batch, pos, d_model]``) and returns its replacement, or ``None`` to leave it as it is.
+  ``[batch, pos, d_model]``) and returns its replacement, or ``None`` to leave it as it is;
+- ``head_input_grad_hooks`` / ``mlp_input_grad_hooks`` / ``logits_input_grad_hooks``: ``store`` receives
+  the metric's gradient at those same inputs during the backward (under ``edge_flags(..., gradients=True)``).
+  Where the model allows it (``EdgeAccess.head_input_grads``) the heads' gradients are computed from the
+  gradient at ``attn.hook_{q,k,v}`` instead of from per-head input copies, which would keep
+  ``[batch, pos, heads, d_model]`` per port and layer alive for the backward.
 """
 
 from __future__ import annotations
@@ -18,23 +23,25 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-from ..models._edge_access import Access, head_writes, norm_module, project_heads
+from ..models._edge_access import Access, head_input_grads, head_writes, norm_module, project_heads
 from ..models._structure import structure_of
 from ._runner import hook_flags
 
 Edit = Callable[[Tensor], Tensor | None]
 
 
-def edge_flag_values(model, *, outputs: bool, inputs: bool) -> dict[str, bool]:
-    """The bridge flags the access points need (``hook_flags`` keywords): only routes the bridge serves."""
+def edge_flag_values(model, *, outputs: bool, inputs: bool, gradients: bool = False) -> dict[str, bool]:
+    """The bridge flags the access points need (``hook_flags`` keywords): only routes the bridge serves.
+    ``gradients``: the inputs are only tapped for gradients (``*_grad_hooks``)."""
     access = structure_of(model).edge_access
+    copies = inputs and access.head_inputs is Access.BRIDGE and not (gradients and access.head_input_grads)
     return {"attn_result": outputs and access.head_outputs is Access.BRIDGE,
-            "split_qkv": inputs and access.head_inputs is Access.BRIDGE,
+            "split_qkv": copies,
             "mlp_in": inputs and access.mlp_inputs is Access.BRIDGE}
 
 
-def edge_flags(model, *, outputs: bool, inputs: bool) -> contextlib.AbstractContextManager:
-    return hook_flags(model, **edge_flag_values(model, outputs=outputs, inputs=inputs))
+def edge_flags(model, *, outputs: bool, inputs: bool, gradients: bool = False) -> contextlib.AbstractContextManager:
+    return hook_flags(model, **edge_flag_values(model, outputs=outputs, inputs=inputs, gradients=gradients))
 
 
 def head_output_hooks(model, layer: int, record: Callable[[Tensor], None]) -> list:
@@ -87,3 +94,40 @@ def _keep_pre_norm(layer: int):
 
     return (f"blocks.{layer}.ln1.hook_in", keep), get
 
+
+
+def _tap(store: Callable[[Tensor], None]) -> Edit:
+    def edit(act: Tensor) -> Tensor:
+        # A fresh tensor: the bridge may pass the same tensor on along the residual stream (hook_mlp_in
+        # is resid_mid itself), and only the gradient through this destination's input is wanted.
+        tapped = act.clone()
+        tapped.register_hook(lambda grad: store(grad.detach()))
+        return tapped
+
+    return edit
+
+
+def head_input_grad_hooks(model, layer: int, port: str, store: Callable[[Tensor], None]) -> list:
+    """``store(grad)`` with the gradient at every head's own ``port`` input, ``[batch, pos, heads of the port,
+    d_model]``, once per backward."""
+    if not structure_of(model).edge_access.head_input_grads:
+        return head_input_hooks(model, layer, port, _tap(store))
+    block = model.blocks[layer]
+    keep, pre_norm = _keep_pre_norm(layer)
+
+    def tap_projection(act: Tensor, hook) -> Tensor:
+        x = pre_norm()
+        return _tap(lambda grad: store(head_input_grads(block, port, x, grad)))(act)
+
+    return [keep, (f"blocks.{layer}.attn.hook_{port}", tap_projection)]
+
+
+def mlp_input_grad_hooks(model, layer: int, store: Callable[[Tensor], None]) -> list:
+    """``store(grad)`` with the gradient at the MLP's own input, ``[batch, pos, d_model]``."""
+    return mlp_input_hooks(model, layer, _tap(store))
+
+
+def logits_input_grad_hooks(model, n_layers: int, store: Callable[[Tensor], None]) -> list:
+    """``store(grad)`` with the gradient at the residual stream the unembedding reads, ``[batch, pos, d_model]``."""
+    tap = _tap(store)
+    return [(f"blocks.{n_layers - 1}.hook_resid_post", lambda act, hook: tap(act))]

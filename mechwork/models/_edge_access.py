@@ -42,6 +42,10 @@ class EdgeAccess:
     head_inputs: Access
     mlp_inputs: Access
     why: str = ""  # why a computed route does not apply, when the probe could not run it
+    # ln1 then W_{Q,K,V} reproduces attn.hook_{q,k,v} (the probe checked): the gradient at each head's own
+    # input is then the vector-Jacobian product of that projection (head_input_grads), taken layer by layer
+    # in the backward, so gradient methods need no per-head input copies in the forward
+    head_input_grads: bool = False
 
 
 _PROBE_KEY = "_mechwork_edge_access"
@@ -65,6 +69,20 @@ def project_heads(block, port: str, copies: Tensor) -> Tensor:
     return out if bias is None else out + bias.to(out.dtype)
 
 
+def head_input_grads(block, port: str, x: Tensor, grad: Tensor) -> Tensor:
+    """The gradient at every head's own pre-norm copy of ``x`` (``[batch, pos, d_model]``, what ``ln1``
+    reads), given the gradient ``grad`` at ``attn.hook_{port}`` (``[batch, pos, heads, d_head]``): the
+    vector-Jacobian product of :func:`project_heads` at copies of ``x``, ``[batch, pos, heads, d_model]``.
+    The norm's Jacobian comes from autograd through the model's own norm module (any norm kind)."""
+    weight = getattr(block.attn, f"W_{port.upper()}")  # [heads, d_model, d_head]
+    with torch.enable_grad():
+        copies = x.detach().unsqueeze(2).expand(*x.shape[:2], grad.shape[2], x.shape[-1]).clone().requires_grad_(True)
+        normed = norm_module(block)(copies)
+        into_normed = torch.einsum("bphe,hde->bphd", grad.to(normed.dtype), weight.detach().to(normed.dtype))
+        (into_copies,) = torch.autograd.grad(normed, copies, into_normed)
+    return into_copies
+
+
 def head_writes(block, z: Tensor) -> Tensor:
     """``hook_z`` ``[batch, pos, heads, d_head]`` -> each head's write ``[batch, pos, heads, d_model]``."""
     return torch.einsum("bphe,hem->bphm", z, block.attn.W_O.to(z.dtype))
@@ -80,8 +98,10 @@ def probe_edge_access(model, *, result_hook: bool, input_hooks: bool, mlp_in_fir
     # The bridge's per-head input copies are used only where a head fed its own residual computes what the
     # model computes from that residual (Bloom's bridge does not: there mechwork computes them instead).
     input_hooks = input_hooks and _split_inputs_faithful(model)
-    need = not (result_hook and input_hooks and (mlp_in_fires or not has_mlp))
-    checks, why = _run_checks(model, shares_norm and has_mlp and not mlp_in_fires) if need else ({}, "")
+    # always checked (one 3-token forward): the computed head inputs also decide the gradient route
+    checks, why = _run_checks(model, shares_norm and has_mlp and not mlp_in_fires)
+    if result_hook and input_hooks and (mlp_in_fires or not has_mlp):
+        why = ""  # every route is the bridge's own: nothing computed is missing
 
     def route(native: bool, check: str) -> Access:
         if native:
@@ -96,6 +116,7 @@ def probe_edge_access(model, *, result_hook: bool, input_hooks: bool, mlp_in_fir
         head_inputs=route(input_hooks, "inputs"),
         mlp_inputs=mlp,
         why=why,
+        head_input_grads=checks.get("inputs", False),
     )
     model.__dict__[_PROBE_KEY] = access
     return access

@@ -148,12 +148,12 @@ def _reference(request, name, rule):
 
 def _no_interpolation(monkeypatch, clean_point):
     """Broken EAP-IG: every integration point is the clean input (which is EAP, scaled by 1)."""
-    real = eap_ig_module.destination_grads
+    real = eap_ig_module.edge_attributions
 
-    def every_point_clean(model, graph, task, points, **kwargs):
-        return real(model, graph, task, [clean_point] * len(points), **kwargs)
+    def every_point_clean(model, graph, task, points, *args, **kwargs):
+        return real(model, graph, task, [clean_point] * len(points), *args, **kwargs)
 
-    monkeypatch.setattr(eap_ig_module, "destination_grads", every_point_clean)
+    monkeypatch.setattr(eap_ig_module, "edge_attributions", every_point_clean)
 
 
 @pytest.mark.parametrize("variant", ["eap-ig", "broken: no interpolation"])
