@@ -21,16 +21,17 @@ from ._kinds import TokenIds, TokenSpace, get_kind, refuse_unknown, register_kin
 from ._registry import get_challenge
 from ._submissions import (
     CircuitSubmission,
+    ProgramRun,
     TriggerSubmission,
+    execute_program,
     read_circuit,
     read_table,
     read_trigger,
-    run_program,
     submission_kind,
 )
 from ._types import Challenge, ChallengeError, ChallengeKind, Score, SubmissionError, predict_labels
 
-P = 113  # run_program and read_table give 113 x 113 tables: label(a, b) for a, b in 0..112
+P = 113  # execute_program and read_table give 113 x 113 tables: label(a, b) for a, b in 0..112
 
 
 def _mean(mask: torch.Tensor) -> float:
@@ -73,13 +74,17 @@ def _program_answer(data: dict, where: str) -> LabellingGroundTruth:
     return LabellingGroundTruth(table=table.long(), description=str(data.get("description", "")))
 
 
-def _read_program(path: Path, space, *, timeout: float | int = 30.0) -> torch.Tensor:
-    return run_program(path, timeout=timeout) if path.suffix == ".py" else read_table(path)
+def _read_program(path: Path, space, *, timeout: float | int = 30.0,
+                  trust: bool = False) -> torch.Tensor | ProgramRun:
+    return execute_program(path, timeout=timeout, trust=trust) if path.suffix == ".py" else read_table(path)
 
 
-def score_program(challenge: Challenge, table: torch.Tensor) -> Score:
+def score_program(challenge: Challenge, table: torch.Tensor | ProgramRun) -> Score:
     """Agreement with the hidden labelling function over the whole input space, with the model's own
-    labels, and on the inputs where the model and the hidden function differ."""
+    labels, and on the inputs where the model and the hidden function differ (and, for a program that
+    ran, the isolation it ran under)."""
+    ran = table if isinstance(table, ProgramRun) else None
+    table = table.table if ran is not None else table
     hidden = challenge.hidden("program").table
     if tuple(table.shape) != tuple(hidden.shape):
         raise SubmissionError(f"the label table must be {hidden.shape[0]} x {hidden.shape[1]}, got "
@@ -97,6 +102,8 @@ def score_program(challenge: Challenge, table: torch.Tensor) -> Score:
         "agreement_with_hidden_where_model_differs": _mean(table[differ] == hidden[differ]),
         "exact": bool(torch.equal(table, hidden)),
     }
+    if ran is not None:
+        numbers["isolation"] = ran.isolation
     summary = (f"program: {100 * numbers['agreement_with_hidden']:.2f}% agreement with the hidden function over all "
                f"{numbers['inputs']} inputs ({100 * numbers['agreement_with_model']:.2f}% with the model's own labels; "
                f"on the {numbers['inputs_where_model_differs']} inputs where the model is wrong, your program "
@@ -306,11 +313,15 @@ def _kind_for(challenge: Challenge, path: Path) -> ChallengeKind:
 
 
 def score_submission(name: str | os.PathLike, submission: str | os.PathLike, *,
-                     timeout: float | int = 30.0) -> Score:
-    """Score a submission file for a challenge; the file's form says which of its questions it answers."""
+                     timeout: float | int = 30.0, trust: bool = False) -> Score:
+    """Score a submission file for a challenge; the file's form says which of its questions it answers.
+    ``trust``: where no sandbox works here, run a submitted program anyway, unisolated (it is refused
+    otherwise); the score records the isolation it ran under."""
     challenge = get_challenge(name)
     path = Path(submission)
     if not path.is_file():
         raise SubmissionError(f"{path}: no such submission file")
     kind = _kind_for(challenge, path)
-    return kind.score(challenge, kind.read(path, challenge.space(kind.name), timeout=timeout))
+    # trust is passed only when given, so that kinds whose files never run code need not accept it
+    options = {"trust": True} if trust else {}
+    return kind.score(challenge, kind.read(path, challenge.space(kind.name), timeout=timeout, **options))

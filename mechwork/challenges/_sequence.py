@@ -204,14 +204,15 @@ def run_sequence_program(path: Path, space: SequenceSpace, longer: tuple[tuple[i
 class SequenceSubmission:
     path: Path
     timeout: float | int
+    trust: bool = False  # run unisolated where no sandbox works (the caller's explicit choice)
 
 
-def read_submission(path: Path, space, *, timeout: float | int = 30.0) -> SequenceSubmission:
+def read_submission(path: Path, space, *, timeout: float | int = 30.0, trust: bool = False) -> SequenceSubmission:
     """A ``.py`` file defining ``program(tokens)``; it runs when scored (on the hidden held-out inputs too)."""
     if path.suffix != ".py":
         raise SubmissionError(f"{path}: a {KIND} submission is a Python file defining program(tokens)")
     _check_size(path)
-    return SequenceSubmission(path, timeout)
+    return SequenceSubmission(path, timeout, trust)
 
 
 # ---- the model's own outputs, and scoring -------------------------------------------------------------
@@ -289,7 +290,7 @@ def score_sequence_program(challenge: Challenge, sub: SequenceSubmission | Seque
            for x in truth.longer_inputs):
         raise ChallengeError(f"{where}: held-out inputs must be longer than {space.max_length} and index values")
     run = sub if isinstance(sub, SequenceRun) else run_sequence_program(
-        sub.path, space, truth.longer_inputs, timeout=sub.timeout, trust=trust)
+        sub.path, space, truth.longer_inputs, timeout=sub.timeout, trust=trust or sub.trust)
     ours = _checkpoint_outputs(Path(challenge.model_dir()), space, where)
     cat = space.categorical
     defined = [i for i, h in enumerate(truth.outputs) if h is not None]

@@ -37,7 +37,8 @@ class ChallengeKind:
     - ``parse_answer(answer: dict, where: str) -> Truth``: the hidden answer from ``answer.json``.
     - ``claims(path: Path) -> bool``: whether a submission file has this kind's form.
     - ``read(path: Path, space, *, timeout: float) -> Submission``: a submission file, checked
-      (:class:`SubmissionError` naming the file); ``timeout`` bounds submitted code.
+      (:class:`SubmissionError` naming the file); ``timeout`` bounds submitted code, and ``trust=True``
+      (passed only when the caller gives it) lets submitted code run unisolated where no sandbox works.
     - ``score(challenge: Challenge, submission, **options) -> Score``: the submission against
       ``challenge.hidden(name)``, reading the input space from ``challenge.space(name)``.
 

@@ -47,7 +47,7 @@ def _score(args: argparse.Namespace) -> int:
     from ..challenges import score_submission
 
     _load_kinds(args)
-    score = score_submission(args.name, args.submission, timeout=args.timeout)
+    score = score_submission(args.name, args.submission, timeout=args.timeout, trust=args.trust)
     print(score.summary)
     if args.out:
         atomic_write_json(args.out, score.to_dict())
@@ -104,6 +104,9 @@ def add_commands(sub) -> None:
     s.add_argument("submission")
     s.add_argument("--timeout", type=float, default=30.0, help="seconds a submitted program may run (default 30)")
     s.add_argument("--out", default=None, help="write the score as JSON")
+    s.add_argument("--trust", action="store_true",
+                   help="where no sandbox works on this machine, run a submitted program anyway, unisolated "
+                        "(refused otherwise; the score records isolation: unisolated)")
     s.add_argument("--kinds", action="append", metavar="MODULE_OR_FILE",
                    help="a Python module or .py file that registers the pack's own challenge kinds (repeatable)")
     s.set_defaults(func=_score)

@@ -339,11 +339,17 @@ def test_without_isolation_untrusted_code_is_refused(organiser, monkeypatch, cap
     assert score_submission(organiser / "pack", organiser / "table.json").numbers["exact"]
 
 
-def test_trusted_without_isolation_runs_and_says_unisolated(organiser, monkeypatch):
+def test_trusted_without_isolation_runs_and_says_unisolated(organiser, monkeypatch, tmp_path):
     monkeypatch.setenv(OVERRIDE, "none")
     (organiser / "fair.py").write_text(FAIR)
     run = execute_program(organiser / "fair.py", trust=True)
     assert run.isolation == "unisolated" and run.table.tolist() == SECRET
+    # the same choice from the CLI, recorded in the score
+    out = tmp_path / "score.json"
+    assert main(["challenge", "score", str(organiser / "pack"), str(organiser / "fair.py"), "--trust",
+                 "--out", str(out)]) == 0
+    numbers = json.loads(out.read_text())["numbers"]
+    assert numbers["isolation"] == "unisolated" and numbers["exact"]
     monkeypatch.setenv(OVERRIDE, "auto")
     assert execute_program(organiser / "fair.py", trust=True).isolation == "bubblewrap"  # sandboxed where it can
 
