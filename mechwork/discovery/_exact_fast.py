@@ -296,6 +296,17 @@ class FastExact:
         return self.readout(self.model, self.pieces.last_block_at(x, self.position))
 
 
+def why_no_layer_pieces(model) -> str | None:
+    """Why the GPT-2 layer pieces cannot describe ``model`` (``None``: they can, subject to the check
+    against its clean logits)."""
+    structure = structure_of(model)
+    if not structure.layer_pieces:
+        return f"they follow GPT-2's block and {structure.architecture} is not declared to match it"
+    if model.cfg.act_fn not in ACTIVATIONS:
+        return f"its MLP activation {model.cfg.act_fn!r} is not one the pieces compute ({', '.join(ACTIVATIONS)})"
+    return None
+
+
 @torch.no_grad()
 def fast_exact_for(model, resid_pre: list[Tensor], position: int, metric: PositionMetric | None = None, *,
                    check: bool = True, pieces: LayerPieces | None = None, user: str = "exact patching"
@@ -307,16 +318,10 @@ def fast_exact_for(model, resid_pre: list[Tensor], position: int, metric: Positi
     same run. ``pieces``: the model's :class:`LayerPieces` when the caller keeps them between calls;
     ``user``: who uses them, for the warnings."""
     structure = structure_of(model)
-    if not structure.layer_pieces:
+    why = why_no_layer_pieces(model)
+    if why is not None:
         warn_slow_path(model, f"{user}'s layer pieces",
-                       f"they follow GPT-2's block and {structure.architecture} is not declared to match it; "
-                       "rerunning each destination block through the bridge (exact, slower)")
-        return None
-    if model.cfg.act_fn not in ACTIVATIONS:
-        warn_slow_path(model, f"{user}'s layer pieces",
-                       f"its MLP activation {model.cfg.act_fn!r} is not one the pieces compute "
-                       f"({', '.join(ACTIVATIONS)}); rerunning each destination block through the bridge "
-                       "(exact, slower)")
+                       f"{why}; rerunning each destination block through the bridge (exact, slower)")
         return None
     fast = FastExact(model, resid_pre, position, metric, pieces)
     if not check:

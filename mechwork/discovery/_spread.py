@@ -24,9 +24,8 @@ from torch import Tensor
 
 from .._batching import weighted_sum
 from ..executors import ModelSpec, Unit, executor_from
-from ..graph import Graph, source_deltas
+from ..graph import Graph
 from ._batches import Batch, accumulate, micro_batches
-from ._exact_fast import fast_exact_for
 from ._types import DiscoveryTask
 
 
@@ -109,16 +108,14 @@ def _split(groups: list, graph: Graph, parts: int) -> list[list]:
 @torch.no_grad()
 def exact_group_scores(model, graph: Graph, task: DiscoveryTask, groups: list, max_rows: int,
                        pieces: bool) -> Float[Tensor, " edges"]:
-    """The metric change of every edge into ``groups`` on one micro-batch (zeros elsewhere). Reruns the
-    micro-batch's clean pass: one forward, cheap next to the hundreds its groups take."""
-    from .exact import _clean_run, groups_scores
+    """The metric change of every edge into ``groups`` on one micro-batch (zeros elsewhere), by the local
+    run's own path (so the sums agree to the bit). Reruns the micro-batch's clean pass: one forward, cheap
+    next to the hundreds its groups take; the layer pieces are checked once per unit."""
+    from .exact import _clean_run, _Pieces, batch_group_scores
 
     clean = _clean_run(model, graph, task)
-    # the metric too, as the local run passes it: the pieces then compute only the logits it reads, so
-    # the spread run's sums are the local run's to the bit, not merely to float noise
-    fast = fast_exact_for(model, clean.resid_pre, task.position, task.metric) if pieces else None
-    deltas = source_deltas(model, graph, clean.outputs, task.ablated(model, graph))
-    return groups_scores(model, graph, task, clean, deltas, fast, groups, max_rows)
+    return batch_group_scores(model, graph, task, clean, task.ablated(model, graph), _Pieces(pieces), groups,
+                              max_rows)
 
 
 @torch.no_grad()

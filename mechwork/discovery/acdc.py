@@ -38,10 +38,10 @@ from ..graph import Graph, clean_start, masked_forward, masked_forward_from
 from ..hooks._runner import embed
 from ..hooks._validation import InputError
 from ..metrics import KLDivergence, as_scalar, metric_name, metric_value
-from ..models import structure_of, warn_slow_path
+from ..models import warn_slow_path
 from ._acdc_fast import PieceTrials
 from ._batches import PerBatch, micro_batches
-from ._exact_fast import ACTIVATIONS, LayerPieces, fast_exact_for
+from ._exact_fast import LayerPieces, fast_exact_for, why_no_layer_pieces
 from ._registry import register_method
 from ._types import DiscoveryTask, EdgeScores
 
@@ -105,13 +105,8 @@ class _Trial:
 
 def _layer_pieces(model, graph: Graph) -> LayerPieces | None:
     """The model's layer pieces for ACDC's trials, or ``None`` (saying why) where they do not apply."""
-    structure = structure_of(model)
-    why = None
-    if not structure.layer_pieces:
-        why = f"they follow GPT-2's block and {structure.architecture} is not declared to match it"
-    elif model.cfg.act_fn not in ACTIVATIONS:
-        why = f"its MLP activation {model.cfg.act_fn!r} is not one the pieces compute"
-    elif graph.positions is not None:
+    why = why_no_layer_pieces(model)
+    if why is None and graph.positions is not None:
         why = "they do not compute position-resolved graphs yet"
     if why is not None:
         warn_slow_path(model, "ACDC's layer pieces", f"{why}; each trial runs the blocks from its destination's "

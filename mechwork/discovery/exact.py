@@ -165,14 +165,22 @@ def groups_scores(model, graph: Graph, task: DiscoveryTask, clean: _CleanRun, de
     return scores
 
 
+def batch_group_scores(model, graph: Graph, task: DiscoveryTask, clean: _CleanRun, ablated: Tensor,
+                       pieces: _Pieces, groups, max_rows: int, bar: tqdm | None = None) -> Tensor:
+    """The metric change of every edge into ``groups`` on one micro-batch (zeros elsewhere): the one path
+    both the local run and a distributed unit (``_spread.exact_group_scores``) take."""
+    fast = pieces.for_batch(model, clean, task)
+    deltas = source_deltas(model, graph, clean.outputs, ablated)
+    return groups_scores(model, graph, task, clean, deltas, fast, groups, max_rows, bar)
+
+
 def _batch_scores(model, graph: Graph, task: DiscoveryTask, max_rows: int, nodes: bool, pieces: _Pieces,
                   bar: tqdm) -> dict:
     """One micro-batch: every edge's (and, with ``nodes``, every node's) metric change."""
     ablated = task.ablated(model, graph)
     clean = _clean_run(model, graph, task)
-    fast = pieces.for_batch(model, clean, task)
-    out = {"edges": groups_scores(model, graph, task, clean, source_deltas(model, graph, clean.outputs, ablated), fast,
-                                  destination_groups(graph), max_rows, bar)}
+    out = {"edges": batch_group_scores(model, graph, task, clean, ablated, pieces, destination_groups(graph),
+                                       max_rows, bar)}
     if nodes:
         out["nodes"] = node_patching_scores(model, graph, task, ablated, clean.value)
     return out

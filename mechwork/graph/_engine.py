@@ -107,20 +107,20 @@ def ablation_values(
 
 
 def source_deltas(model, graph: Graph, outputs: Float[Tensor, "batch pos sources d_model"],
-                  ablated: AblationValues, *, linear: bool = False) -> Float[Tensor, "batch pos sources d_model"]:
+                  ablated: AblationValues) -> Float[Tensor, "batch pos sources d_model"]:
     """What ablating one edge out of each source, alone, subtracts from its destination's input.
 
     ``out_u - ablated_u`` where heads add to the residual stream. Where a layer normalises its heads'
-    summed output ``S`` (``hooks/_head_writes.py``), a head's is ``norm(S) - norm(S - delta_h)`` (exact
-    patching), or with ``linear`` its first order ``J_norm(S) delta_h`` (the mask gradient EAP and EAP-IG
-    take), at the sum of ``outputs``.
+    summed output ``S`` (``hooks/_head_writes.py``), a head's is ``norm(S) - norm(S - delta_h)`` at the
+    sum of ``outputs`` (exact patching; the gradient methods take its first order, layer by layer, with
+    :func:`normed_head_deltas`).
     """
     deltas = outputs - ablated
     writes = head_writes_of(model)
     for layer in writes.normed_layers():
         heads = slice(graph.head_source(layer, 0), graph.head_source(layer, 0) + graph.n_heads)
         deltas[:, :, heads] = normed_head_deltas(writes, layer, outputs[:, :, heads], deltas[:, :, heads],
-                                                 linear=linear)
+                                                 linear=False)
     return deltas
 
 
@@ -128,7 +128,8 @@ def normed_head_deltas(writes: HeadWrites, layer: int, results: Float[Tensor, "b
                        deltas: Float[Tensor, "batch pos heads d_model"], *,
                        linear: bool) -> Float[Tensor, "batch pos heads d_model"]:
     """:func:`source_deltas` for the heads of one layer that normalises their summed output: ``results``
-    are their outputs, ``deltas`` their ``out - ablated``."""
+    are their outputs, ``deltas`` their ``out - ablated``; with ``linear``, the first order
+    ``J_norm(S) delta_h`` (the mask gradient EAP and EAP-IG take)."""
     summed = writes.summed(layer, results).unsqueeze(2)
     return -(writes.linear_change if linear else writes.change)(layer, summed, deltas)
 

@@ -95,7 +95,6 @@ def _keep_pre_norm(layer: int):
     return (f"blocks.{layer}.ln1.hook_in", keep), get
 
 
-
 def _tap(store: Callable[[Tensor], None]) -> Edit:
     def edit(act: Tensor) -> Tensor:
         # A fresh tensor: the bridge may pass the same tensor on along the residual stream (hook_mlp_in
