@@ -44,6 +44,15 @@ class _Outputs:
     at_position: bool
 
 
+def _mix(weights: Float[Tensor, "trials k sources"], delta: Float[Tensor, "_trials batch pos sources d"]
+         ) -> Float[Tensor, "trials batch pos k d"]:
+    """``sum_u weights[m, k, u] * delta[m, ..., u, :]``. One delta shared by every trial is contracted in one
+    matmul: a broadcast ``matmul`` would first copy it once per trial (gigabytes at GPT-2's size)."""
+    if delta.shape[0] == 1 and weights.shape[0] > 1:
+        return torch.einsum("mku,bpud->mbpkd", weights, delta[0])
+    return torch.matmul(weights[:, None, None], delta)
+
+
 class PieceTrials:
     """Logits of circuits that differ from one another only in the edges into one destination, from GPT-2's
     layer pieces (``fast``), for one micro-batch: its clean node outputs and ablation values."""
@@ -99,7 +108,7 @@ class PieceTrials:
             if not bool(w.any()):
                 continue
             delta = out.delta if out.at_position or not at_position else out.delta[:, :, [self.fast.position]]
-            part = torch.matmul(w[:, None, None], delta)
+            part = _mix(w, delta)
             total = part if total is None else total + part
         if total is None:
             return self.clean_delta.new_zeros(1, 1, 1, weights.shape[1], 1)
@@ -121,7 +130,7 @@ class PieceTrials:
             part = torch.matmul(weights[0], delta).unsqueeze(0)
             self._below[key] = (weights[0].clone(), part)
             return part
-        return torch.matmul(weights[:, None, None], delta.unsqueeze(0))  # only the trial destination's group
+        return _mix(weights, delta.unsqueeze(0))  # only the trial destination's group
 
     def _record(self, outputs: list[_Outputs], sources: Tensor, out: Tensor, at_position: bool) -> None:
         positions = [self.fast.position] if at_position else slice(None)
