@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from jaxtyping import Float
@@ -27,7 +28,7 @@ from torch import Tensor
 from ..graph import PORTS, Graph
 from ..graph._engine import normed_head_deltas, output_hooks
 from ..hooks._attribution import frozen_parameters
-from ..hooks._edge_points import edge_flags, head_input_grad_hooks, logits_input_grad_hooks, mlp_input_grad_hooks
+from ..hooks._edge_points import attention_input_grad_hooks, edge_flags, logits_input_grad_hooks, mlp_input_grad_hooks
 from ..hooks._head_writes import head_writes_of
 from ..hooks._runner import run_from
 from ..metrics import metric_value
@@ -54,16 +55,18 @@ class _Products:
     deltas: Tensor | None = None  # [batch, pos, sources, d_model] float32, filled by the first forward
     sums: dict[tuple, Tensor] = field(default_factory=dict)
 
-    def receiver(self, key: tuple, n_sources: int, per_head: bool = False) -> Callable[[Tensor], None]:
-        """Takes a destination group's gradient: ``[batch, pos, heads, d_model]`` (``per_head``) or
-        ``[batch, pos, d_model]``."""
-        def store(grad: Tensor) -> None:
-            assert self.deltas is not None, "a gradient arrived before the deltas were recorded"
-            rows = grad if per_head else grad.unsqueeze(2)
-            part = _products(rows, self.deltas[:, :, :n_sources], self.graph.positions is not None)
-            self.sums[key] = part if key not in self.sums else self.sums[key] + part
+    def receiver(self, key: tuple, n_sources: int) -> Callable[[Tensor], None]:
+        """Takes a destination's gradient, ``[batch, pos, d_model]``."""
+        return lambda grad: self.add(key, n_sources, grad.unsqueeze(2), slice(0, 1), 1)
 
-        return store
+    def add(self, key: tuple, n_sources: int, grad: Float[Tensor, "batch pos rows d_model"], rows: slice,
+            n_rows: int) -> None:
+        """Adds ``grad``'s products to rows ``rows`` of the group's ``n_rows``."""
+        assert self.deltas is not None, "a gradient arrived before the deltas were recorded"
+        part = _products(grad, self.deltas[:, :, :n_sources], self.graph.positions is not None)
+        if key not in self.sums:
+            self.sums[key] = part.new_zeros(part.shape[0], n_rows, n_sources)
+        self.sums[key][:, rows] += part
 
     def flat(self, scale: float) -> Float[Tensor, " edges"]:
         """The edge scores in the graph's order: per layer its heads' ports (port, head, source), then its
@@ -79,18 +82,21 @@ class _Products:
         parts = []
         for layer in range(graph.n_layers):
             n_attn, n_mlp = graph.n_sources_attn(layer), graph.n_sources_mlp(layer)
-            ports = [part((layer, p), graph.port_heads(p), n_attn) for p in range(len(PORTS))]
-            parts += [torch.cat(ports, dim=1).flatten(1), part((layer, "mlp"), 1, n_mlp).flatten(1)]
+            heads = part((layer, "attn"), _attention_rows(graph), n_attn)  # q heads, k heads, v heads
+            parts += [heads.flatten(1), part((layer, "mlp"), 1, n_mlp).flatten(1)]
         parts.append(part(("logits",), 1, graph.n_sources).flatten(1))
         return (-torch.cat(parts, dim=-1) * scale).flatten()
+
+
+def _attention_rows(graph: Graph) -> int:
+    return sum(graph.port_heads(p) for p in range(len(PORTS)))
 
 
 def _gradient_hooks(model, graph: Graph, products: _Products) -> list:
     hooks = []
     for layer in range(graph.n_layers):
-        for p, port in enumerate(PORTS):
-            store = products.receiver((layer, p), graph.n_sources_attn(layer), per_head=True)
-            hooks += head_input_grad_hooks(model, layer, port, store)
+        store = partial(products.add, (layer, "attn"), graph.n_sources_attn(layer), n_rows=_attention_rows(graph))
+        hooks += attention_input_grad_hooks(model, layer, lambda grad, rows, store=store: store(grad, rows))
         hooks += mlp_input_grad_hooks(model, layer, products.receiver((layer, "mlp"), graph.n_sources_mlp(layer)))
     return hooks + logits_input_grad_hooks(model, graph.n_layers, products.receiver(("logits",), graph.n_sources))
 

@@ -9,7 +9,7 @@ computes them (``models/_edge_access.py``):
 - ``head_input_hooks(model, layer, port, edit)`` and ``mlp_input_hooks(model, layer, edit)``: ``edit``
   receives the destination's own pre-norm input (``[batch, pos, heads of the port, d_model]`` or
   ``[batch, pos, d_model]``) and returns its replacement, or ``None`` to leave it as it is;
-- ``head_input_grad_hooks`` / ``mlp_input_grad_hooks`` / ``logits_input_grad_hooks``: ``store`` receives
+- ``attention_input_grad_hooks`` / ``mlp_input_grad_hooks`` / ``logits_input_grad_hooks``: ``store`` receives
   the metric's gradient at those same inputs during the backward (under ``edge_flags(..., gradients=True)``).
   Where the model allows it (``EdgeAccess.head_input_grads``) the heads' gradients are computed from the
   gradient at ``attn.hook_{q,k,v}`` instead of from per-head input copies, which would keep
@@ -19,8 +19,10 @@ computes them (``models/_edge_access.py``):
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 
+import torch
 from torch import Tensor
 
 from ..models._edge_access import Access, head_input_grads, head_writes, norm_module, project_heads
@@ -106,19 +108,45 @@ def _tap(store: Callable[[Tensor], None]) -> Edit:
     return edit
 
 
-def head_input_grad_hooks(model, layer: int, port: str, store: Callable[[Tensor], None]) -> list:
-    """``store(grad)`` with the gradient at every head's own ``port`` input, ``[batch, pos, heads of the port,
-    d_model]``, once per backward."""
-    if not structure_of(model).edge_access.head_input_grads:
-        return head_input_hooks(model, layer, port, _tap(store))
+def attention_input_grad_hooks(model, layer: int, store: Callable[[Tensor, slice], None]) -> list:
+    """``store(grad, rows)`` with the gradient at the heads' own q/k/v inputs, ``[batch, pos, heads, d_model]``,
+    once per backward; ``rows``: where those heads sit among the layer's heads in port order (query heads,
+    then key heads, then value heads). With the gradient route all three ports come in one call."""
+    structure = structure_of(model)
+    counts = [structure.n_heads, structure.n_kv_heads, structure.n_kv_heads]
+    offsets = [sum(counts[:p]) for p in range(len(counts) + 1)]
+    if not structure.edge_access.head_input_grads:
+        hooks = []
+        for p, port in enumerate("qkv"):
+            rows = slice(offsets[p], offsets[p + 1])
+            hooks += head_input_hooks(model, layer, port, _tap(lambda grad, rows=rows: store(grad, rows)))
+        return hooks
     block = model.blocks[layer]
     keep, pre_norm = _keep_pre_norm(layer)
+    tapped: dict[str, Tensor] = {}
 
-    def tap_projection(act: Tensor, hook) -> Tensor:
-        x = pre_norm()
-        return _tap(lambda grad: store(head_input_grads(block, port, x, grad)))(act)
+    def all_arrived(x: Tensor, grads: Sequence[Tensor | None]) -> None:
+        present = {port: grad.detach() for port, grad in zip("qkv", grads, strict=True) if grad is not None}
+        if len(present) == 3:
+            store(head_input_grads(block, x, present), slice(0, offsets[-1]))
+            return
+        for port, grad in present.items():  # a port the metric does not depend on: the others at their rows
+            p = "qkv".index(port)
+            store(head_input_grads(block, x, {port: grad}), slice(offsets[p], offsets[p + 1]))
 
-    return [keep, (f"blocks.{layer}.attn.hook_{port}", tap_projection)]
+    def tap_projection(port: str):
+        def hook(act: Tensor, hook) -> Tensor:
+            tapped[port] = act.clone()  # its own tensor: the gradient through this port alone
+            if len(tapped) < 3:
+                return tapped[port]
+            # the layer's last port: one backward hook on all three, with the residual ln1 read
+            tensors = [tapped.pop(name) for name in "qkv"]
+            torch.autograd.graph.register_multi_grad_hook(tensors, partial(all_arrived, pre_norm()))
+            return tensors["qkv".index(port)]
+
+        return hook
+
+    return [keep] + [(f"blocks.{layer}.attn.hook_{port}", tap_projection(port)) for port in "qkv"]
 
 
 def mlp_input_grad_hooks(model, layer: int, store: Callable[[Tensor], None]) -> list:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 
@@ -69,18 +70,39 @@ def project_heads(block, port: str, copies: Tensor) -> Tensor:
     return out if bias is None else out + bias.to(out.dtype)
 
 
-def head_input_grads(block, port: str, x: Tensor, grad: Tensor) -> Tensor:
+def head_input_grads(block, x: Tensor, grads: dict[str, Tensor]) -> Tensor:
     """The gradient at every head's own pre-norm copy of ``x`` (``[batch, pos, d_model]``, what ``ln1``
-    reads), given the gradient ``grad`` at ``attn.hook_{port}`` (``[batch, pos, heads, d_head]``): the
-    vector-Jacobian product of :func:`project_heads` at copies of ``x``, ``[batch, pos, heads, d_model]``.
-    The norm's Jacobian comes from autograd through the model's own norm module (any norm kind)."""
-    weight = getattr(block.attn, f"W_{port.upper()}")  # [heads, d_model, d_head]
+    reads), given the gradients at ``attn.hook_{port}`` (``grads``: port -> ``[batch, pos, heads of the port,
+    d_head]``): the vector-Jacobian product of :func:`project_heads`, ``[batch, pos, rows, d_model]`` with the
+    ports' heads one after another in ``grads``' order. Every copy is the same ``x``, so the norm runs
+    forward once and its backward is batched over every head of every port, rather than normalising one
+    copy per head and port."""
+    attn = block.attn
+    into_normed = torch.cat([torch.einsum("bphe,hde->hbpd", grad.to(x.dtype),
+                                          getattr(attn, f"W_{port.upper()}").detach().to(x.dtype))
+                             for port, grad in grads.items()])
+    return norm_vjp(norm_module(block), x.detach(), into_normed).permute(1, 2, 0, 3)
+
+
+def norm_vjp(norm, x: Float[Tensor, "*rows d"], cotangents: Float[Tensor, "n *rows d"]) -> Float[Tensor, "n *rows d"]:
+    """``n`` vector-Jacobian products of the norm module ``norm`` at ``x``. A ``torch.nn.LayerNorm`` gets
+    PyTorch's own LayerNorm backward once over all ``n`` (vmap would loop over them, having no batching rule
+    for it); any other norm, autograd batched over the ``n`` (its operations batch)."""
+    if type(norm) is torch.nn.LayerNorm and len(norm.normalized_shape) == 1:
+        shape = list(norm.normalized_shape)
+        _, mean, rstd = torch.ops.aten.native_layer_norm(x, shape, norm.weight, norm.bias, norm.eps)
+
+        def spread(t: Tensor) -> Tensor:  # the same row statistics for every cotangent
+            return t.unsqueeze(0).expand(len(cotangents), *t.shape).contiguous()
+
+        grad, _, _ = torch.ops.aten.native_layer_norm_backward(
+            cotangents.contiguous(), spread(x), shape, spread(mean), spread(rstd), norm.weight, norm.bias,
+            [True, False, False])
+        return grad
     with torch.enable_grad():
-        copies = x.detach().unsqueeze(2).expand(*x.shape[:2], grad.shape[2], x.shape[-1]).clone().requires_grad_(True)
-        normed = norm_module(block)(copies)
-        into_normed = torch.einsum("bphe,hde->bphd", grad.to(normed.dtype), weight.detach().to(normed.dtype))
-        (into_copies,) = torch.autograd.grad(normed, copies, into_normed)
-    return into_copies
+        shared = x.requires_grad_(True)
+        (grad,) = torch.autograd.grad(norm(shared), shared, cotangents, is_grads_batched=True)
+    return grad
 
 
 def head_writes(block, z: Tensor) -> Tensor:

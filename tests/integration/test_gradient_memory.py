@@ -45,10 +45,10 @@ def _mask_gradient(model, graph: Graph, clean, corrupted, metric) -> torch.Tenso
     return mask.grad
 
 
-def _projection_only(block, port, x, grad):
-    """Broken route: the projection's transpose without the norm's Jacobian."""
-    weight = getattr(block.attn, f"W_{port.upper()}")
-    return torch.einsum("bphe,hde->bphd", grad, weight.detach()).to(x.dtype)
+def _projection_only(block, x, grads):
+    """Broken route: the projections' transpose without the norm's Jacobian."""
+    return torch.cat([torch.einsum("bphe,hde->bphd", grad, getattr(block.attn, f"W_{port.upper()}").detach())
+                      for port, grad in grads.items()], dim=2).to(x.dtype)
 
 
 @pytest.mark.filterwarnings("ignore::mechwork.models.SlowPathWarning")
@@ -109,3 +109,39 @@ def test_deltas_may_overwrite_only_a_batchs_own_ablation_values(root, ablation):
     mask = graph.full_mask(1.0).requires_grad_(True)
     metric.score(masked_forward(model, graph, embed(model, clean), mask, before, position=-1)).backward()
     torch.testing.assert_close(scores, -mask.grad, atol=1e-5, rtol=1e-4)
+
+
+class _ScaledRMSNorm(torch.nn.Module):
+    """A norm written from elementwise operations (Gemma's ``1 + weight`` RMSNorm): the autograd branch."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(d))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * (1 + self.weight)
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm", "scaled rmsnorm", "broken: layernorm with the wrong rows"])
+def test_norm_vjp_equals_one_backward_per_cotangent(norm, monkeypatch):
+    """``norm_vjp`` (PyTorch's LayerNorm backward once over every cotangent, or autograd batched over them)
+    equals one autograd backward per cotangent, each through its own copy of the input."""
+    from mechwork.models import _edge_access
+
+    torch.manual_seed(0)
+    d = 24
+    module = {"rmsnorm": torch.nn.RMSNorm(d), "scaled rmsnorm": _ScaledRMSNorm(d)}.get(norm, torch.nn.LayerNorm(d))
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.normal_()
+    x, cotangents = torch.randn(3, 5, d), torch.randn(7, 3, 5, d)
+    expected = []
+    for cotangent in cotangents:
+        copy = x.clone().requires_grad_(True)
+        expected.append(torch.autograd.grad(module(copy), copy, cotangent)[0])
+    if norm.startswith("broken"):  # the row statistics of another input
+        statistics = torch.ops.aten.native_layer_norm
+        monkeypatch.setattr(torch.ops.aten, "native_layer_norm", lambda x, *args: statistics(x.roll(1, 0), *args))
+    got = _edge_access.norm_vjp(module, x, cotangents)
+    close = torch.allclose(got, torch.stack(expected), atol=1e-5, rtol=1e-4)
+    assert close != norm.startswith("broken")
