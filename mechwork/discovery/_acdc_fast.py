@@ -1,4 +1,4 @@
-"""ACDC's trials from GPT-2's layer pieces: the current circuit with edges into one destination removed, run
+"""ACDC's trials from the model's layer pieces: the current circuit with edges into one destination removed, run
 from that destination's layer, several trials stacked along the batch.
 
 ACDC tests edges from the logits down, so while it tests the edges into layer L nothing below L has been
@@ -15,7 +15,7 @@ ablated and every trial starts from the clean residual entering L. As in the pat
 A head with no ablated input takes its q, k, v from one fused projection of the layer's normalised residual;
 a head with one is normalised and projected from its own corrected input. The start layer's shared work
 (its normalised residual and projections) is done once for all trials, and the last layer only at the
-metric's query position. The blocks are :class:`~._exact_fast.LayerPieces` (GPT-2's), checked against the
+metric's query position. The blocks are :class:`~._layer_pieces.LayerPieces`, checked against the
 bridge by :func:`~._exact_fast.fast_exact_for` before use; position-resolved graphs are not computed here
 (the caller runs the engine and says so).
 """
@@ -25,7 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -54,8 +53,8 @@ def _mix(weights: Float[Tensor, "trials k sources"], delta: Float[Tensor, "_tria
 
 
 class PieceTrials:
-    """Logits of circuits that differ from one another only in the edges into one destination, from GPT-2's
-    layer pieces (``fast``), for one micro-batch: its clean node outputs and ablation values."""
+    """Logits of circuits that differ from one another only in the edges into one destination, from the
+    model's layer pieces (``fast``), for one micro-batch: its clean node outputs and ablation values."""
 
     def __init__(self, fast: FastExact, graph: Graph, clean_outputs: Float[Tensor, "batch pos sources d"],
                  ablated: Float[Tensor, "_batch pos sources d"]):
@@ -63,7 +62,7 @@ class PieceTrials:
             raise InputError("ACDC's layer pieces do not compute position-resolved graphs")
         self.fast, self.pieces, self.graph = fast, fast.pieces, graph
         self.ablated = ablated
-        # GPT-2 normalises inside each block, so an ablated edge removes exactly out_u - ablated_u from d's input
+        # the pieces' blocks normalise inside, so an ablated edge removes exactly out_u - ablated_u from d's input
         self.clean_delta = clean_outputs - ablated
         self.source_of_edge = graph.endpoint_tensor[:, 0].to(ablated.device)
         self._below: dict[tuple, tuple[Tensor, Tensor]] = {}  # group -> (weights, their clean correction)
@@ -141,38 +140,40 @@ class PieceTrials:
     def _attention(self, layer: int, x: Float[Tensor, "_trials batch pos d"], ports, outputs: list[_Outputs],
                    read: Tensor, start: int, trials: int) -> Float[Tensor, "_trials batch query d"]:
         """The residual after the attention of block ``layer`` (at the metric position only in the last)."""
-        pieces, w, fused = self.pieces, self.pieces.w, self.pieces.fused[layer]
+        pieces = self.pieces
+        w = pieces.layers[layer]
         last = layer == pieces.n_layers - 1
         if last:
             x = x[:, :, : self.fast.position + 1]
         shared, batch, seq, d = x.shape
-        normed = pieces.norm(w.ln1[layer], x)
-        qkv = torch.addmm(fused.b_qkv, normed.flatten(0, 2), fused.W_qkv)
-        qkv = qkv.view(shared, batch, seq, 3, pieces.n_heads, -1)
-        corrected = [ports[port].any(-1).any(0).nonzero().flatten() for port in range(3)]  # heads some trial corrects
-        if shared < trials and any(len(heads) for heads in corrected):
-            qkv = qkv.expand(trials, -1, -1, -1, -1, -1).clone()  # the trials part ways here
+        qkv = torch.addmm(w.b_qkv, pieces.ln1(layer, x).flatten(0, 2), w.W_qkv).view(shared, batch, seq, -1)
+        parts = list(pieces.split_qkv(qkv))  # [_trials, B, T, heads of the port, d_head]
         for port, (weight, bias) in enumerate(((w.W_Q, w.b_Q), (w.W_K, w.b_K), (w.W_V, w.b_V))):
-            heads = corrected[port]
+            heads = ports[port].any(-1).any(0).nonzero().flatten()  # the port's heads some trial corrects
             if len(heads) == 0:
                 continue
             correction = self._correction(("attn", layer, port), ports[port][:, heads], outputs, start, False)
-            own = pieces.norm(w.ln1[layer], x.unsqueeze(3) - correction[:, :, :seq])  # [trials, B, T, k, d]
-            qkv[:, :, :, port, heads] = torch.einsum("mbtkd,kde->mbtke", own, weight[layer, heads]) + bias[layer, heads]
-        n = qkv.shape[0]  # 1 while every trial computes the same
-        q, k, v = qkv.flatten(0, 1).permute(2, 0, 3, 1, 4).unbind(0)  # [n * B, heads, T, d_head]
+            own = pieces.ln1(layer, x.unsqueeze(3) - correction[:, :, :seq])  # [trials, B, T, k, d]
+            if parts[port].shape[0] < trials:
+                parts[port] = parts[port].expand(trials, -1, -1, -1, -1).clone()  # the trials part ways here
+            parts[port][:, :, :, heads] = torch.einsum("mbtkd,kde->mbtke", own, weight[heads]) + bias[heads]
+        n = max(part.shape[0] for part in parts)  # 1 while every trial computes the same
+        q, k, v = (part.expand(n, -1, -1, -1, -1).flatten(0, 1).transpose(1, 2) for part in parts)
+        positions = torch.arange(seq, device=x.device)
         if last:
-            q = q[:, :, [self.fast.position]]
-        z = F.scaled_dot_product_attention(q, k, v, is_causal=not last, scale=1 / w.scales[layer])
+            q, query_positions = q[:, :, [self.fast.position]], positions[[self.fast.position]]
+        else:
+            query_positions = positions
+        q, k = pieces.rotate(q, query_positions), pieces.rotate(k, positions)
+        z = pieces.attention(layer, q, k, v, causal=not last)  # [n * B, heads, queries, d_head]
         residual = x[:, :, -z.shape[2]:]  # the last layer: the metric position, the last of its positions
         first_head = self.graph.head_source(layer, 0)
         heads_read = read[first_head : first_head + pieces.n_heads].nonzero().flatten()
         if len(heads_read) == 0:
-            out = torch.addmm(fused.b_O, z.transpose(1, 2).flatten(0, 1).flatten(1), fused.W_O)
-            return residual + out.view(n, batch, z.shape[2], d)
-        per_head = torch.einsum("rhte,hed->rthd", z, w.W_O[layer]).view(n, batch, z.shape[2], -1, d)
+            return residual + pieces.write(layer, z).view(n, batch, z.shape[2], d)
+        per_head = torch.einsum("rhte,hed->rthd", z, w.W_O).view(n, batch, z.shape[2], -1, d)
         self._record(outputs, first_head + heads_read, per_head[:, :, :, heads_read], last)
-        return residual + per_head.sum(3) + fused.b_O
+        return residual + per_head.sum(3) + w.b_O
 
     def _mlp(self, layer: int, mid: Float[Tensor, "_trials batch pos d"], weights: Float[Tensor, "trials sources"],
              outputs: list[_Outputs], read: Tensor, start: int) -> Float[Tensor, "_trials batch pos d"]:

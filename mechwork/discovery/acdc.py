@@ -41,7 +41,8 @@ from ..metrics import KLDivergence, as_scalar, metric_name, metric_value
 from ..models import warn_slow_path
 from ._acdc_fast import PieceTrials
 from ._batches import PerBatch, micro_batches
-from ._exact_fast import LayerPieces, fast_exact_for, why_no_layer_pieces
+from ._exact_fast import fast_exact_for, why_no_layer_pieces
+from ._layer_pieces import LayerPieces
 from ._registry import register_method
 from ._types import DiscoveryTask, EdgeScores
 

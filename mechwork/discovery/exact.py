@@ -20,7 +20,8 @@ from ..hooks._edge_points import edge_flag_values, head_input_hooks, mlp_input_h
 from ..hooks._runner import embed, run_layer_then_rest
 from ..metrics import as_scalar, metric_name, metric_value
 from ._batches import accumulate, micro_batches
-from ._exact_fast import FastExact, LayerPieces, fast_exact_for
+from ._exact_fast import FastExact, fast_exact_for
+from ._layer_pieces import LayerPieces
 from ._registry import register_method
 from ._types import DiscoveryTask, EdgeScores
 

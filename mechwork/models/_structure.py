@@ -57,9 +57,13 @@ class UnsupportedModelError(ValueError):
 # Families whose bridge blocks have been checked (by tests on tiny random checkpoints) to run one by
 # one from a residual stream with no other per-call input, exactly as the bridge's own forward.
 _RESUMABLE_ARCHITECTURES = frozenset({"GPT2LMHeadModel"})
-# Families whose attention exact patching may compute piece by piece (``discovery/_exact_fast.py``
-# follows Hugging Face's GPT-2 block: pre-LayerNorm, causal softmax, one key/value head per query head).
-_LAYER_PIECE_ARCHITECTURES = frozenset({"GPT2LMHeadModel"})
+# Families whose blocks exact patching and ACDC may compute piece by piece from the weights
+# (``discovery/_layer_pieces.py``): pre-norm sequential blocks, causal softmax over every earlier position,
+# a dense or gated MLP, absolute or Llama-style rotary positions (whole head dimension), grouped-query
+# attention; no norm inside attention (Qwen 3's q/k norms, Gemma 2/3 and OLMo 2's output norms) and no
+# score softcap. Each use is still checked against the bridge's clean logits.
+_LAYER_PIECE_ARCHITECTURES = frozenset({"GPT2LMHeadModel", "LlamaForCausalLM", "MistralForCausalLM",
+                                        "Qwen2ForCausalLM", "GemmaForCausalLM"})
 # Families whose bridge does not resume at block ``l`` on ``forward(resid, start_at_layer=l)``: it runs every
 # block on ``resid`` taken as input embeddings (TransformerLens 4.3: ``BloomBlockBridge.forward`` never calls
 # the block's ``_maybe_inject_start_residual``), so resuming there gives wrong logits.
@@ -111,8 +115,9 @@ class ModelStructure:
 
     @property
     def layer_pieces(self) -> bool:
-        """Does exact patching's piecewise GPT-2 layer (``discovery/_exact_fast.py``) describe this model?"""
-        return self.architecture in _LAYER_PIECE_ARCHITECTURES and self.resumable_blocks
+        """Do the layer pieces exact patching and ACDC compute (``discovery/_layer_pieces.py``) describe this
+        model's blocks?"""
+        return self.architecture in _LAYER_PIECE_ARCHITECTURES
 
     def edge_graph_gaps(self) -> list[str]:
         """What the edge graph and patch-mask engine lack for this structure (empty: supported)."""

@@ -1,6 +1,7 @@
 """Discovery methods: exact against brute force and path patching, EAP against the mask gradient,
 ACDC and exact against the planted circuits, resumable ACDC, selection and ROC by hand."""
 
+import dataclasses
 import itertools
 import json
 import re
@@ -82,9 +83,11 @@ def test_exact_says_so_when_the_pieces_do_not_reproduce_the_model(tiny, tiny_pai
     from mechwork.models import SlowPathWarning
 
     reference = discover(tiny, Graph.from_model(tiny), tiny_task, "exact", nodes=False, pieces=False)
-    real = _exact_fast._Weights.of
-    monkeypatch.setattr(_exact_fast._Weights, "of", classmethod(
-        lambda cls, model: type(real(model))(**{**real(model).__dict__, "scales": (1.0,) * 3})))
+    from mechwork.discovery import _layer_pieces
+
+    real = _layer_pieces.LayerWeights.of
+    monkeypatch.setattr(_layer_pieces.LayerWeights, "of", classmethod(
+        lambda cls, model, layer, gated: dataclasses.replace(real(model, layer, gated), divisor=1.0)))
     resid_pre = exact_module._clean_run(tiny, Graph.from_model(tiny), tiny_task).resid_pre
     with pytest.warns(SlowPathWarning, match=r"do not reproduce .*max difference"):
         assert _exact_fast.fast_exact_for(tiny, resid_pre, -1) is None
