@@ -174,6 +174,7 @@ class Report:
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         print(f"== {self.title} | {now} | {device_line()} | {os.cpu_count()} cores visible | load average "
               f"(1, 5, 15 min) {load} | torch {torch.__version__}, python {platform.python_version()}")
+        print(f"   machine speed now: {matmul_speed()} (figures in minutes scale with it; ratios mostly do not)")
         for part in parts:
             print(f"   {part}")
         sys.stdout.flush()
@@ -201,10 +202,26 @@ class Report:
         met = sum(1 for _, ok in self.lines if ok)
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         took = minutes(time.perf_counter() - self.started)
-        print(f"== {self.title}: {met} targets met, {len(missed)} MISSED | {took} in all | load average now {load}")
+        print(f"== {self.title}: {met} targets met, {len(missed)} MISSED | {took} in all | load average now {load} "
+              f"| machine speed now {matmul_speed()}")
         for text in missed:
             print(f"   MISSED: {text.split(' [')[0]}")
         return 1 if check and missed else 0
+
+
+def matmul_speed() -> str:
+    """Float32 matmul throughput here and now (a GPT-2 MLP-sized product, median of 5): shared machines
+    vary by a third between hours, which moves every absolute timing."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    a, b = torch.randn(8192, 768, device=device), torch.randn(768, 3072, device=device)
+    seconds = []
+    for _ in range(7):
+        start = time.perf_counter()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+    return f"{8192 * 768 * 3072 / statistics.median(seconds[2:]) / 1e9:.0f} GMAC/s float32 matmul"
 
 
 def device_line() -> str:

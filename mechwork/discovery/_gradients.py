@@ -139,12 +139,13 @@ def edge_attributions(model, graph: Graph, task: DiscoveryTask, points: Sequence
     clean input (its run gives ``out_u``). ``reuse_ablated``: the deltas may overwrite ``ablated``."""
     products = _Products(graph)
     gradient_hooks = _gradient_hooks(model, graph, products)
-    with edge_flags(model, outputs=True, inputs=True, gradients=True), frozen_parameters(model):
+    with frozen_parameters(model):
         for i, point in enumerate(points):
             hooks = gradient_hooks
             if i == 0:
                 hooks = gradient_hooks + _recording_deltas(model, graph, products, point, ablated, reuse_ablated)
-            with torch.enable_grad():
+            # only the first forward reads the node outputs: the others run without the per-head result hook
+            with edge_flags(model, outputs=i == 0, inputs=True, gradients=True), torch.enable_grad():
                 x = point.detach().requires_grad_(True)
                 logits = run_from(model, x, 0, position=task.position, fwd_hooks=hooks)
                 metric_value(task.metric, logits).backward()

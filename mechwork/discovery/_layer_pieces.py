@@ -38,6 +38,23 @@ ACTIVATIONS = {"gelu_new": _TANH_GELU, "gelu_pytorch_tanh": _TANH_GELU, "gelu": 
                "silu": F.silu}
 
 
+# Tokens per fused run on a CPU: small enough that a block's intermediates (the MLP's hidden layer above all)
+# stay in cache between its matmuls and activation. On GPT-2 small's shape at 2 CPU cores, blocks over
+# 512 rows x 16 tokens ran 10-13% faster in chunks of 64-96 rows than whole. A GPU runs whole tensors.
+CHUNK_TOKENS = 1536
+
+
+def _in_chunks(run, x: Float[Tensor, "rows pos d"]) -> Float[Tensor, "rows pos d"]:
+    """``run(x)`` (shape-preserving, row by row independent) over chunks of rows of ``CHUNK_TOKENS`` tokens."""
+    step = max(1, CHUNK_TOKENS // max(1, x.shape[1]))
+    if x.device.type != "cpu" or x.shape[0] <= step:
+        return run(x)
+    out = torch.empty_like(x)
+    for first in range(0, x.shape[0], step):
+        out[first : first + step] = run(x[first : first + step])
+    return out
+
+
 def _bias(bias: Tensor | None, like: Tensor, shape: tuple[int, ...]) -> Tensor:
     return like.new_zeros(shape) if bias is None else bias.detach().clone()
 
@@ -191,6 +208,10 @@ class LayerPieces:
 
     def mlp(self, layer: int, x: Float[Tensor, "*rows pos d"]) -> Float[Tensor, "*rows pos d"]:
         """The MLP's output (not yet added to the residual), its norm included."""
+        tokens = x.reshape(-1, 1, x.shape[-1])  # every token on its own: chunks of tokens, any leading shape
+        return _in_chunks(partial(self._mlp, layer), tokens).view_as(x)
+
+    def _mlp(self, layer: int, x: Float[Tensor, "*rows pos d"]) -> Float[Tensor, "*rows pos d"]:
         w = self.layers[layer]
         hidden = torch.addmm(w.b_mlp_in, w.ln2(x).flatten(0, -2), w.W_mlp_in)
         if self.gated:
@@ -221,10 +242,13 @@ class LayerPieces:
         return self.rotate(q, positions), self.rotate(k, positions), v
 
     def block(self, layer: int, x: Float[Tensor, "rows pos d"]) -> Float[Tensor, "rows pos d"]:
+        return _in_chunks(partial(self._block, layer), x)
+
+    def _block(self, layer: int, x: Float[Tensor, "rows pos d"]) -> Float[Tensor, "rows pos d"]:
         positions = torch.arange(x.shape[1], device=x.device)
         q, k, v = self.qkv(layer, x, positions)
         mid = x + self.write(layer, self.attention(layer, q, k, v, causal=True))
-        return mid + self.mlp(layer, mid)
+        return mid + self._mlp(layer, mid)
 
     def last_block_at(self, x: Float[Tensor, "rows pos d"], p: int) -> Float[Tensor, "rows 1 d"]:
         """The last block computed only for query position ``p``: ``[rows, 1, d]``."""

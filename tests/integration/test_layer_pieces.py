@@ -66,8 +66,10 @@ def _one_query_head_per_key_head(self, port, heads):
 
 
 def _with_broken(broken: str, applies_to: list[str]) -> list:
-    """(family, variant) pairs: every family as it is, and ``broken`` on the families it can break."""
-    return [(name, "pieces") for name in PIECE_FAMILIES] + [(name, broken) for name in applies_to]
+    """(family, variant) pairs: every family as it is, run in small chunks of rows (as large batches are on
+    a CPU), and ``broken`` on the families it can break."""
+    return ([(name, "pieces") for name in PIECE_FAMILIES] + [("gpt2", "chunks"), ("llama", "chunks")]
+            + [(name, broken) for name in applies_to])
 
 
 GROUPED = ["llama", "qwen2", "gemma"]  # several query heads per key/value head
@@ -80,7 +82,9 @@ def test_exact_pieces_equal_the_bridge_blocks(root, name, variant, monkeypatch):
     model = tiny_family(name, root).model
     graph, task = Graph.from_model(model), _task(model)
     whole = discover(model, graph, task, "exact", nodes=False, pieces=False)
-    broken = variant != "pieces"
+    if variant == "chunks":  # a few rows per fused run: the chunked path, which small tests never reach
+        monkeypatch.setattr(_layer_pieces, "CHUNK_TOKENS", 8)
+    broken = variant.startswith("broken")
     if broken:
         assert structure_of(model).grouped_query
         monkeypatch.setattr(_exact_fast.FastExact, "_readers", _one_query_head_per_key_head)
@@ -98,9 +102,11 @@ def test_acdc_pieces_equal_the_engine_on_random_circuits(root, name, variant, mo
     ablated = ablation_values(model, graph, "corrupted", task.clean, task.corrupted)
     with torch.no_grad():
         start = clean_start(model, graph, embed(model, task.clean))
+    if variant == "chunks":
+        monkeypatch.setattr(_layer_pieces, "CHUNK_TOKENS", 8)
     fast = _without_slow_path(lambda: _exact_fast.fast_exact_for(model, start.resid_pre, -1))
     assert fast is not None
-    broken = variant != "pieces"
+    broken = variant.startswith("broken")
     if broken:
         pieces = fast.pieces
         assert pieces.rotary is not None
