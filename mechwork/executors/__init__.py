@@ -14,7 +14,8 @@ from ._local import Executor, LocalExecutor
 from ._units import ModelSpec, Unit, UnitFailed, WorkerContext
 
 
-def executor_from(value: Executor | str | None, *, workers: int | None = None) -> Executor:
+def executor_from(value: Executor | str | None, *, workers: int | None = None, gpus_per_worker: float = 0
+                  ) -> Executor:
     """``None`` -> in-process; ``"ray"`` -> local Ray; ``"ray:ADDRESS"`` -> that cluster; an Executor as is."""
     if value is None:
         return LocalExecutor()
@@ -24,7 +25,7 @@ def executor_from(value: Executor | str | None, *, workers: int | None = None) -
         from ._ray import RayExecutor
 
         address = value[len("ray:"):] or None
-        return RayExecutor(address, workers=workers)
+        return RayExecutor(address, workers=workers, gpus_per_worker=gpus_per_worker)
     raise ValueError(f"executor must be None, an Executor, 'ray' or 'ray:ADDRESS', got {value!r}")
 
 

@@ -61,7 +61,8 @@ def _init_with_retry(ray, address: str | None, options: dict, attempts: int = 3)
 
 
 class RayExecutor(Executor):
-    """Units on ``workers`` Ray actors of ``threads`` CPU threads each.
+    """Units on ``workers`` Ray actors of ``threads`` CPU threads each (and ``gpus_per_worker`` of a GPU:
+    needed where the driver's model is on CUDA, since workers load it onto the same kind of device).
 
     ``address=None`` starts a local Ray instance (``ray.init()``); otherwise it connects to that cluster
     (``"auto"``, ``"ray://host:10001"``, ...). A Ray session already started by the caller is reused.
@@ -69,8 +70,9 @@ class RayExecutor(Executor):
     """
 
     def __init__(self, address: str | None = None, *, workers: int | None = None, threads: int = 1,
-                 init_options: dict | None = None) -> None:
+                 gpus_per_worker: float = 0, init_options: dict | None = None) -> None:
         self.address, self.threads, self.init_options = address, threads, dict(init_options or {})
+        self.gpus_per_worker = gpus_per_worker  # Ray gives each actor that share of a GPU (CUDA_VISIBLE_DEVICES)
         self._requested = workers
         self._actors: list = []
         self._loaded: dict[int, set[ModelSpec]] = {}
@@ -93,7 +95,8 @@ class RayExecutor(Executor):
             _init_with_retry(ray, self.address, options)
             self._started_ray = True
         count = self._requested or max(1, int(ray.cluster_resources().get("CPU", 1)) // self.threads)
-        actor = ray.remote(num_cpus=self.threads, max_restarts=-1, max_task_retries=-1)(_Worker)
+        actor = ray.remote(num_cpus=self.threads, num_gpus=self.gpus_per_worker, max_restarts=-1,
+                           max_task_retries=-1)(_Worker)
         self._actors = [actor.remote(self.threads) for _ in range(count)]
         self._loaded = {i: set() for i in range(count)}
 

@@ -22,12 +22,14 @@ class UnitFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a worker loads: a ``mechwork.load`` spec, the dtype and, when known, the weights' hash
-    (a worker whose weights differ refuses to run: results would not be those of the driver's model)."""
+    """What a worker loads: a ``mechwork.load`` spec, the dtype, the kind of device the driver's model is on
+    (``"cpu"`` or ``"cuda"``: a worker loads onto its own device of that kind) and, when known, the weights'
+    hash (a worker whose weights differ refuses to run: results would not be those of the driver's model)."""
 
     spec: str
     dtype: str = "float32"
     weights: str | None = None
+    device: str = "cpu"
 
     @classmethod
     def of(cls, model, *, check_weights: bool = True) -> ModelSpec:
@@ -38,8 +40,9 @@ class ModelSpec:
         if spec is None:
             raise ValueError("this model was not loaded with mechwork.load, so workers cannot load the same one; "
                              "save it with save_pretrained(DIR) and load it with mechwork.load(DIR)")
-        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-        return cls(spec, dtype, weights_hash(model) if check_weights else None)
+        parameter = next(model.parameters())
+        dtype = str(parameter.dtype).removeprefix("torch.")
+        return cls(spec, dtype, weights_hash(model) if check_weights else None, parameter.device.type)
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,11 @@ class WorkerContext:
 def _load_checked(spec: ModelSpec):
     from ..models import load, weights_hash
 
-    model = load(spec.spec, dtype=getattr(torch, spec.dtype))
+    if spec.device == "cuda" and not torch.cuda.is_available():
+        raise UnitFailed(f"the driver's model {spec.spec!r} is on a CUDA GPU and this worker sees none: give "
+                         "the workers GPUs (RayExecutor(gpus_per_worker=1), or --gpus-per-worker 1), or run the "
+                         "driver's model on the CPU")
+    model = load(spec.spec, dtype=getattr(torch, spec.dtype), device=spec.device)
     if spec.weights is not None and weights_hash(model) != spec.weights:
         raise UnitFailed(f"{spec.spec!r} loaded on this worker has different weights from the driver's model "
                          f"(weights hash {weights_hash(model)[:12]} vs {spec.weights[:12]}); a checkpoint folder "

@@ -74,6 +74,10 @@ def _check(table: Any, spec: _Spec, where: str) -> dict:
     return table
 
 
+# method options that change how a step runs, never what it computes: left out of its resume key
+_HOW_IT_RUNS = frozenset({"executor", "progress"})
+
+
 @dataclass(frozen=True)
 class Step:
     kind: str
@@ -82,8 +86,12 @@ class Step:
     index: int
 
     def fingerprint(self, context: dict) -> str:
-        """Changes whenever this step's settings, the model or the task change (resume key)."""
-        blob = json.dumps({"step": {"kind": self.kind, **self.config}, **context}, sort_keys=True, default=str)
+        """Changes whenever this step's settings, the model or the task change (resume key); not when only
+        how it runs changes (a method's ``executor`` or ``progress`` option): the results are the same."""
+        config = dict(self.config)
+        if isinstance(config.get("options"), dict):
+            config["options"] = {k: v for k, v in config["options"].items() if k not in _HOW_IT_RUNS}
+        blob = json.dumps({"step": {"kind": self.kind, **config}, **context}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

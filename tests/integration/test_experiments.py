@@ -100,6 +100,19 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     assert run_experiment(path, out, progress=False, force=True).ran == ("heads", "eap")
 
 
+def test_how_a_step_runs_is_not_part_of_its_resume_key():
+    """Spreading a finished step over workers (or hiding its progress bar) computes the same result: the
+    resume key stays; a setting that changes the result changes it."""
+    from mechwork.experiments._config import Step
+
+    def key(options: dict) -> str:
+        return Step("discover", "d", {"method": "acdc", "options": options}, 0).fingerprint({"model": "m"})
+
+    base = key({"threshold": 0.01})
+    assert key({"threshold": 0.01, "executor": "ray", "progress": False}) == base
+    assert key({"threshold": 0.02}) != base
+
+
 @pytest.mark.parametrize("text, message", [
     ('name = "x"\n[model]\nspec = "zoo:induction"\n[task]\nzoo = "induction"\n[[step]]\nkind = "patch"\nsiet = "z"\n',
      r"\[\[step\]\] #1 \('01-patch'\): unknown key 'siet' \(did you mean 'site'\?\)"),

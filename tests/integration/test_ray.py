@@ -249,6 +249,24 @@ def test_a_worker_with_other_weights_refuses(ray_pool, induction):
         ray_pool.run([Unit("forged", _logit_sum, forged, model=forged)])
 
 
+def test_workers_load_the_model_onto_the_drivers_kind_of_device(ray_pool, induction):
+    """The spec carries the driver's device kind; a worker loads onto its own device of that kind, and one
+    without a GPU refuses a CUDA model, saying how to give workers GPUs, rather than computing on the CPU."""
+    spec = ModelSpec.of(induction)
+    assert spec.device == "cpu"
+    assert ray_pool.run([Unit("where", _device_of, spec, model=spec)])["where"] == "cpu"
+    on_gpu = dataclasses.replace(spec, device="cuda")
+    if torch.cuda.is_available():
+        assert LocalExecutor().run([Unit("where", _device_of, on_gpu, model=on_gpu)])["where"] == "cuda"
+    else:
+        with pytest.raises(UnitFailed, match=r"sees none: give the workers GPUs \(RayExecutor\(gpus_per_worker"):
+            ray_pool.run([Unit("where", _device_of, on_gpu, model=on_gpu)])
+
+
+def _device_of(context, spec):
+    return next(context.model(spec).parameters()).device.type
+
+
 def _square(context, x):
     return x * x if x is not None else 1 / 0
 
