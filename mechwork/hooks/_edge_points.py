@@ -19,10 +19,9 @@ computes them (``models/_edge_access.py``):
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
 
-import torch
 from torch import Tensor
 
 from ..models._edge_access import Access, head_input_grads, head_writes, norm_module, project_heads
@@ -122,11 +121,12 @@ def attention_input_grad_hooks(model, layer: int, store: Callable[[Tensor, slice
             hooks += head_input_hooks(model, layer, port, _tap(lambda grad, rows=rows: store(grad, rows)))
         return hooks
     block = model.blocks[layer]
-    keep, pre_norm = _keep_pre_norm(layer)
-    tapped: dict[str, Tensor] = {}
+    arrived: dict[str, Tensor] = {}  # this backward's projection gradients, until ln1's input gradient
 
-    def all_arrived(x: Tensor, grads: Sequence[Tensor | None]) -> None:
-        present = {port: grad.detach() for port, grad in zip("qkv", grads, strict=True) if grad is not None}
+    def all_arrived(x: Tensor, _grad: Tensor) -> None:
+        # The gradient at ln1's input is complete only once q, k and v have sent theirs back through ln1:
+        # every port the metric depends on has arrived.
+        present = {port: arrived.pop(port) for port in "qkv" if port in arrived}
         if len(present) == 3:
             store(head_input_grads(block, x, present), slice(0, offsets[-1]))
             return
@@ -134,19 +134,20 @@ def attention_input_grad_hooks(model, layer: int, store: Callable[[Tensor, slice
             p = "qkv".index(port)
             store(head_input_grads(block, x, {port: grad}), slice(offsets[p], offsets[p + 1]))
 
+    def watch_norm_input(act: Tensor, hook) -> None:
+        if act.requires_grad:
+            act.register_hook(partial(all_arrived, act.detach()))
+
     def tap_projection(port: str):
         def hook(act: Tensor, hook) -> Tensor:
-            tapped[port] = act.clone()  # its own tensor: the gradient through this port alone
-            if len(tapped) < 3:
-                return tapped[port]
-            # the layer's last port: one backward hook on all three, with the residual ln1 read
-            tensors = [tapped.pop(name) for name in "qkv"]
-            torch.autograd.graph.register_multi_grad_hook(tensors, partial(all_arrived, pre_norm()))
-            return tensors["qkv".index(port)]
+            tapped = act.clone()  # its own tensor: the gradient through this port alone
+            tapped.register_hook(lambda grad: arrived.__setitem__(port, grad.detach()))
+            return tapped
 
         return hook
 
-    return [keep] + [(f"blocks.{layer}.attn.hook_{port}", tap_projection(port)) for port in "qkv"]
+    return [(f"blocks.{layer}.ln1.hook_in", watch_norm_input)] + [
+        (f"blocks.{layer}.attn.hook_{port}", tap_projection(port)) for port in "qkv"]
 
 
 def mlp_input_grad_hooks(model, layer: int, store: Callable[[Tensor], None]) -> list:

@@ -74,14 +74,18 @@ def head_input_grads(block, x: Tensor, grads: dict[str, Tensor]) -> Tensor:
     """The gradient at every head's own pre-norm copy of ``x`` (``[batch, pos, d_model]``, what ``ln1``
     reads), given the gradients at ``attn.hook_{port}`` (``grads``: port -> ``[batch, pos, heads of the port,
     d_head]``): the vector-Jacobian product of :func:`project_heads`, ``[batch, pos, rows, d_model]`` with the
-    ports' heads one after another in ``grads``' order. Every copy is the same ``x``, so the norm runs
-    forward once and its backward is batched over every head of every port, rather than normalising one
-    copy per head and port."""
-    attn = block.attn
-    into_normed = torch.cat([torch.einsum("bphe,hde->hbpd", grad.to(x.dtype),
-                                          getattr(attn, f"W_{port.upper()}").detach().to(x.dtype))
-                             for port, grad in grads.items()])
-    return norm_vjp(norm_module(block), x.detach(), into_normed).permute(1, 2, 0, 3)
+    ports' heads one after another in ``grads``' order. Every copy is the same ``x``, so the norm's backward
+    is batched over each port's heads (one norm statistic per row and port), rather than normalising one copy per
+    head and port."""
+    attn, norm, x = block.attn, norm_module(block), x.detach()
+    rows = sum(grad.shape[2] for grad in grads.values())
+    out = x.new_empty(rows, *x.shape)
+    first = 0
+    for port, grad in grads.items():  # port by port: one port's cotangents alive at a time, not all three
+        weight = getattr(attn, f"W_{port.upper()}").detach().to(x.dtype)
+        out[first : first + grad.shape[2]] = norm_vjp(norm, x, torch.einsum("bphe,hde->hbpd", grad.to(x.dtype), weight))
+        first += grad.shape[2]
+    return out.permute(1, 2, 0, 3)
 
 
 def norm_vjp(norm, x: Float[Tensor, "*rows d"], cotangents: Float[Tensor, "n *rows d"]) -> Float[Tensor, "n *rows d"]:
