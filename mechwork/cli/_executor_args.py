@@ -11,7 +11,7 @@ def add_executor_arguments(parser) -> None:
                              "(e.g. auto, ray://HOST:10001); needs pip install 'mechwork[ray]'")
     parser.add_argument("--workers", type=int, default=None,
                         help="Ray workers (default: one per CPU of the local instance or cluster)")
-    parser.add_argument("--gpus-per-worker", type=float, default=0, metavar="G",
+    parser.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
                         help="the share of a GPU each Ray worker gets (needed when the model is on CUDA: "
                              "workers load it onto their own GPU)")
 

@@ -14,7 +14,7 @@ from ._local import Executor, LocalExecutor
 from ._units import ModelSpec, Unit, UnitFailed, WorkerContext
 
 
-def executor_from(value: Executor | str | None, *, workers: int | None = None, gpus_per_worker: float = 0
+def executor_from(value: Executor | str | None, *, workers: int | None = None, gpus_per_worker: float | int = 0
                   ) -> Executor:
     """``None`` -> in-process; ``"ray"`` -> local Ray; ``"ray:ADDRESS"`` -> that cluster; an Executor as is."""
     if value is None:

@@ -70,7 +70,7 @@ class RayExecutor(Executor):
     """
 
     def __init__(self, address: str | None = None, *, workers: int | None = None, threads: int = 1,
-                 gpus_per_worker: float = 0, init_options: dict | None = None) -> None:
+                 gpus_per_worker: float | int = 0, init_options: dict | None = None) -> None:
         self.address, self.threads, self.init_options = address, threads, dict(init_options or {})
         self.gpus_per_worker = gpus_per_worker  # Ray gives each actor that share of a GPU (CUDA_VISIBLE_DEVICES)
         self._requested = workers
