@@ -28,7 +28,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ..hooks._runner import _unembed, hook_flags, run_from
+from ..hooks._runner import _unembed, hook_flags, run_from, softcapped
 from ..metrics import LogitDiff, PositionMetric
 from ..models import SlowPathWarning, structure_of, warn_slow_path
 from ._layer_pieces import ACTIVATIONS, LayerPieces, attend
@@ -56,9 +56,7 @@ class _Readout:
     def __call__(self, model, x: Float[Tensor, "rows 1 d_model"]) -> Float[Tensor, "rows vocab_or_columns"]:
         if self.columns is None:
             return _unembed(model, x)[:, 0]
-        logits = torch.addmm(self.b_U, model.ln_final(x)[:, 0], self.W_U)
-        cap = structure_of(model).final_logit_softcap
-        return logits if cap is None else cap * torch.tanh(logits / cap)
+        return softcapped(model, torch.addmm(self.b_U, model.ln_final(x)[:, 0], self.W_U))
 
 
 def _columns_read(metric: PositionMetric) -> tuple[Tensor, PositionMetric] | None:
@@ -233,7 +231,7 @@ def _difference_from_clean(model, fast: FastExact, resid_pre: list[Tensor]) -> t
     """With nothing ablated every piece must give the clean logits the bridge's blocks give (in the
     columns the pieces compute): the largest difference over the head and MLP pieces of the first and
     last layers (which run every block above them), and the tolerance for it."""
-    with torch.no_grad(), hook_flags(model, attn_result=False, split_qkv=False, mlp_in=False):
+    with hook_flags(model, attn_result=False, split_qkv=False, mlp_in=False):
         reference = run_from(model, resid_pre[0], 0, position=fast.position)
     if fast.readout.columns is not None:
         reference = reference[:, fast.readout.columns]

@@ -104,7 +104,11 @@ def resumed_hooks(model, resid: Tensor, layer: int, fwd_hooks: HookList) -> Hook
 def _unembed(model, x: Float[Tensor, "batch pos d_model"]) -> Tensor:
     """The final norm and the unembedding, then the final logit softcap where the model has one (Hugging
     Face applies it after ``lm_head``; the bridge's ``unembed`` does not)."""
-    logits = model.unembed(model.ln_final(x))
+    return softcapped(model, model.unembed(model.ln_final(x)))
+
+
+def softcapped(model, logits: Tensor) -> Tensor:
+    """``logits`` with the model's final logit softcap applied, where it has one (Gemma 2)."""
     cap = structure_of(model).final_logit_softcap
     return logits if cap is None else cap * torch.tanh(logits / cap)
 
