@@ -22,6 +22,7 @@ reproduces what the model computes; otherwise it is unavailable and the graph re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -77,36 +78,47 @@ def head_input_grads(block, x: Tensor, grads: dict[str, Tensor]) -> Tensor:
     ports' heads one after another in ``grads``' order. Every copy is the same ``x``, so the norm's backward
     is batched over each port's heads (one norm statistic per row and port), rather than normalising one copy per
     head and port."""
-    attn, norm, x = block.attn, norm_module(block), x.detach()
+    attn, x = block.attn, x.detach()
+    vjp = norm_vjp(norm_module(block), x)
     rows = sum(grad.shape[2] for grad in grads.values())
     out = x.new_empty(rows, *x.shape)
     first = 0
     for port, grad in grads.items():  # port by port: one port's cotangents alive at a time, not all three
         weight = getattr(attn, f"W_{port.upper()}").detach().to(x.dtype)
-        out[first : first + grad.shape[2]] = norm_vjp(norm, x, torch.einsum("bphe,hde->hbpd", grad.to(x.dtype), weight))
+        out[first : first + grad.shape[2]] = vjp(torch.einsum("bphe,hde->hbpd", grad.to(x.dtype), weight))
         first += grad.shape[2]
     return out.permute(1, 2, 0, 3)
 
 
-def norm_vjp(norm, x: Float[Tensor, "*rows d"], cotangents: Float[Tensor, "n *rows d"]) -> Float[Tensor, "n *rows d"]:
-    """``n`` vector-Jacobian products of the norm module ``norm`` at ``x``. A ``torch.nn.LayerNorm`` gets
-    PyTorch's own LayerNorm backward once over all ``n`` (vmap would loop over them, having no batching rule
-    for it); any other norm, autograd batched over the ``n`` (its operations batch)."""
+def norm_vjp(norm, x: Float[Tensor, "*rows d"]) -> Callable[[Tensor], Tensor]:
+    """Vector-Jacobian products of the norm module ``norm`` at ``x``: a function from ``n`` cotangents
+    ``[n, *rows, d]`` to their ``n`` products, with the norm's forward at ``x`` computed once for all calls.
+    A ``torch.nn.LayerNorm`` gets PyTorch's own LayerNorm backward once over all ``n`` (vmap would loop over
+    them, having no batching rule for it); any other norm, autograd batched over the ``n`` (its operations
+    batch)."""
     if type(norm) is torch.nn.LayerNorm and len(norm.normalized_shape) == 1:
         shape = list(norm.normalized_shape)
         _, mean, rstd = torch.ops.aten.native_layer_norm(x, shape, norm.weight, norm.bias, norm.eps)
 
-        def spread(t: Tensor) -> Tensor:  # the same row statistics for every cotangent
-            return t.unsqueeze(0).expand(len(cotangents), *t.shape).contiguous()
+        def layer_norm_products(cotangents: Tensor) -> Tensor:
+            def spread(t: Tensor) -> Tensor:  # the same row statistics for every cotangent
+                return t.unsqueeze(0).expand(len(cotangents), *t.shape).contiguous()
 
-        grad, _, _ = torch.ops.aten.native_layer_norm_backward(
-            cotangents.contiguous(), spread(x), shape, spread(mean), spread(rstd), norm.weight, norm.bias,
-            [True, False, False])
-        return grad
+            grad, _, _ = torch.ops.aten.native_layer_norm_backward(
+                cotangents.contiguous(), spread(x), shape, spread(mean), spread(rstd), norm.weight, norm.bias,
+                [True, False, False])
+            return grad
+
+        return layer_norm_products
     with torch.enable_grad():
-        shared = x.requires_grad_(True)
-        (grad,) = torch.autograd.grad(norm(shared), shared, cotangents, is_grads_batched=True)
-    return grad
+        shared = x.detach().requires_grad_(True)
+        normed = norm(shared)
+
+    def autograd_products(cotangents: Tensor) -> Tensor:
+        (grad,) = torch.autograd.grad(normed, shared, cotangents, is_grads_batched=True, retain_graph=True)
+        return grad
+
+    return autograd_products
 
 
 def head_writes(block, z: Tensor) -> Tensor:
