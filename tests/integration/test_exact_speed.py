@@ -72,19 +72,21 @@ def test_acdc_pieces_equal_the_engine_on_random_circuits(tiny, tiny_pair, monkey
     if variant != "pieces":
         monkeypatch.setattr(PieceTrials, "_record", lambda self, outputs, sources, out, at_position: None)
     trials = PieceTrials(fast, graph, start.outputs, ablated)
+    _checked(variant != "pieces", lambda: assert_trials_equal_the_engine(tiny, graph, trials, start, ablated, position))
+
+
+def assert_trials_equal_the_engine(model, graph, trials: PieceTrials, start, ablated, position: int) -> None:
+    """From every start layer, three circuits with a random 40% of the edges at or above it ablated (each its
+    own): ``trials``' logits equal the patch-mask engine's (``masked_forward_from``)."""
     generator = torch.Generator().manual_seed(0)
-
-    def check():
-        for layer in range(graph.n_layers + 1):
-            masks = (torch.rand(3, graph.n_edges, generator=generator) < 0.6).float()
-            masks[:, graph.destination_layers < min(layer, graph.n_layers - 1)] = 1.0
-            ours = trials.logits(masks, layer)
-            for mask, logits in zip(masks, ours, strict=True):
-                reference = masked_forward_from(tiny, graph, start, min(layer, graph.n_layers - 1), mask, ablated,
-                                                position=position)
-                torch.testing.assert_close(logits, reference, atol=2e-5, rtol=1e-4)
-
-    _checked(variant != "pieces", check)
+    for layer in range(graph.n_layers + 1):
+        masks = (torch.rand(3, graph.n_edges, generator=generator) < 0.6).float()
+        masks[:, graph.destination_layers < min(layer, graph.n_layers - 1)] = 1.0
+        ours = trials.logits(masks, layer)
+        for mask, logits in zip(masks, ours, strict=True):
+            reference = masked_forward_from(model, graph, start, min(layer, graph.n_layers - 1), mask, ablated,
+                                            position=position)
+            torch.testing.assert_close(logits, reference, atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("variant", ["speculative batches", "broken: trials after a wrong guess kept"])

@@ -17,10 +17,11 @@ import torch
 import mechwork
 from mechwork.discovery import DiscoveryTask, _exact_fast, _layer_pieces, discover
 from mechwork.discovery._acdc_fast import PieceTrials
-from mechwork.graph import Graph, ablation_values, clean_start, masked_forward_from
+from mechwork.graph import Graph, ablation_values, clean_start
 from mechwork.hooks._runner import embed
 from mechwork.models import SlowPathWarning, structure_of
 from tests.families import family_names, prompts, tiny_family
+from tests.integration.test_exact_speed import assert_trials_equal_the_engine
 from tests.integration.test_method_values import _checked
 
 # the references (the bridge's blocks, the engine) resume the forward through the bridge on these families,
@@ -117,19 +118,7 @@ def test_acdc_pieces_equal_the_engine_on_random_circuits(root, name, variant, mo
 
         monkeypatch.setattr(pieces, "rotate", keys_unrotated)
     trials = PieceTrials(fast, graph, start.outputs, ablated)
-    generator = torch.Generator().manual_seed(0)
-
-    def check():
-        for layer in range(graph.n_layers + 1):
-            masks = (torch.rand(3, graph.n_edges, generator=generator) < 0.6).float()
-            masks[:, graph.destination_layers < min(layer, graph.n_layers - 1)] = 1.0
-            ours = trials.logits(masks, layer)
-            for mask, logits in zip(masks, ours, strict=True):
-                reference = masked_forward_from(model, graph, start, min(layer, graph.n_layers - 1), mask, ablated,
-                                                position=-1)
-                torch.testing.assert_close(logits, reference, atol=2e-5, rtol=1e-4)
-
-    _checked(broken, check)
+    _checked(broken, lambda: assert_trials_equal_the_engine(model, graph, trials, start, ablated, -1))
 
 
 @pytest.mark.parametrize("name", PIECE_FAMILIES)
