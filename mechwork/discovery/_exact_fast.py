@@ -8,7 +8,8 @@ the layer's MLP and the blocks above. An MLP edge skips the layer's attention en
 and in the last block of every run, only the metric's query position is computed (nothing else reaches
 the answer). Where the metric reads only a few logits (a logit difference reads two per prompt), only
 those columns of the unembedding are computed: a third of a block per row at GPT-2's vocabulary and 16
-positions.
+positions. After a head edge, the layer's MLP input product comes from the changed heads' own products
+(``_mlp_after_heads.py``: ``d_head`` instead of ``d_model`` multiply-adds per feature for one head).
 
 The blocks are :class:`~._layer_pieces.LayerPieces`, read from the model's structure (GPT-2's dense MLP and
 absolute positions, Llama's gated MLP, rotary positions and grouped-query attention). They are used where
@@ -31,7 +32,8 @@ from torch import Tensor
 from ..hooks._runner import _unembed, hook_flags, run_from, softcapped
 from ..metrics import LogitDiff, PositionMetric
 from ..models import SlowPathWarning, structure_of, warn_slow_path
-from ._layer_pieces import ACTIVATIONS, LayerPieces, attend
+from ._layer_pieces import ACTIVATIONS, LayerPieces, attend, row_chunks
+from ._mlp_after_heads import MLPAfterHeads
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ class _CleanLayer:
     q: Tensor  # [B, heads, T, dh], positions applied
     k: Tensor  # [B, kv_heads, T, dh]
     v: Tensor
-    result: Tensor  # per-head output [B, heads, T, d] (without b_O)
+    z: Tensor  # per-head output before W_O [B, heads, T, dh]
     resid_mid: Tensor  # [B, T, d]
 
 
@@ -94,6 +96,7 @@ class FastExact:
         self.readout = _Readout.of(model, metric)
         self.metric = self.readout.metric
         self._layers: dict[int, _CleanLayer] = {}
+        self._mlp_after: dict[int, MLPAfterHeads | None] = {}
 
     # ---- the clean layer, once per layer ---------------------------------------------------------
     def clean_layer(self, layer: int) -> _CleanLayer:
@@ -104,32 +107,45 @@ class FastExact:
             q, k, v = pieces.qkv(layer, x, positions)
             shared = {"dim": 1, "repeats": pieces.group}
             z = attend(q, k.repeat_interleave(**shared), v.repeat_interleave(**shared), w.divisor, positions)
-            result = torch.einsum("bhte,hed->bhtd", z, w.W_O)
-            self._layers[layer] = _CleanLayer(q, k, v, result, x + result.sum(1) + w.b_O)
+            self._layers[layer] = _CleanLayer(q, k, v, z, x + pieces.write(layer, z))
         return self._layers[layer]
+
+    def mlp_after_heads(self, layer: int) -> MLPAfterHeads | None:
+        """The layer's :class:`MLPAfterHeads` (only the latest layer's is kept: exact visits layers in
+        turn), or ``None`` where the MLP's norm cannot be read as its parts (said once, in a warning)."""
+        if layer not in self._mlp_after:
+            parts = self.pieces.ln2_parts(layer)
+            self._mlp_after.clear()
+            if isinstance(parts, str):
+                warn_slow_path(self.model, "exact patching's MLP after a head edge",
+                               f"{parts}; running the MLP's full input product (exact, slower)")
+                self._mlp_after[layer] = None
+            else:
+                self._mlp_after[layer] = MLPAfterHeads.of(self.pieces, layer, parts,
+                                                            self.clean_layer(layer).resid_mid)
+        return self._mlp_after[layer]
 
     # ---- one chunk of edges ---------------------------------------------------------------------
     def head_edges(self, layer: int, ports: Tensor, heads: Tensor,
                    edits: Float[Tensor, "n batch pos d"]) -> Float[Tensor, "rows vocab"]:
         """Logits at the metric position with each row block's head input (q, k or v; k and v heads are
         key/value heads) reduced by its edit."""
-        clean = self.clean_layer(layer)
         seq = edits.shape[2]
         last = layer == self.n_layers - 1
         queries = torch.tensor([self.position], device=edits.device) if last else torch.arange(seq, device=edits.device)
         normed = self.pieces.ln1(layer, self.resid_pre[layer].unsqueeze(0) - edits)  # [n, B, T, d]
-        change = edits.new_zeros(len(edits), edits.shape[1], len(queries), edits.shape[-1])
+        post = edits.new_empty(len(edits), edits.shape[1], len(queries), edits.shape[-1])
         for port in range(3):
             rows = (ports == port).nonzero().flatten()
             if len(rows):
-                change[rows] = self._head_change(layer, port, heads[rows], normed[rows], queries)
-        mid = (clean.resid_mid[:, queries].unsqueeze(0) + change).flatten(0, 1)
-        return self._rest(layer + 1, mid + self.pieces.mlp(layer, mid))
+                z_change = self._z_change(layer, port, heads[rows], normed[rows], queries)
+                post[rows] = self._after_heads(layer, port, heads[rows], z_change, queries)
+        return self._rest(layer + 1, post.flatten(0, 1))
 
-    def _head_change(self, layer: int, port: int, heads: Tensor, normed: Float[Tensor, "r batch pos d"],
-                     queries: Tensor) -> Float[Tensor, "r batch queries d"]:
-        """How the layer's output moves when row ``r``'s input to head ``heads[r]`` of ``port`` is
-        ``normed[r]``: the new results minus the clean ones, over every query head that reads it."""
+    def _z_change(self, layer: int, port: int, heads: Tensor, normed: Float[Tensor, "r batch pos d"],
+                  queries: Tensor) -> Float[Tensor, "r batch readers queries d_head"]:
+        """How the outputs (before ``W_O``) of every query head reading row ``r``'s head ``heads[r]`` of
+        ``port`` move when that head's input is ``normed[r]``: new minus clean."""
         pieces, clean = self.pieces, self.clean_layer(layer)
         w = pieces.layers[layer]
 
@@ -149,9 +165,32 @@ class FastExact:
             k = new if port == 1 else per_row(clean.k, heads)
             v = new if port == 2 else per_row(clean.v, heads)
             k, v = k.unsqueeze(2), v.unsqueeze(2)
-        z = attend(q, k, v, w.divisor, queries)  # [r, B, readers, Q, dh]
-        new_result = torch.einsum("rbaqe,raed->rbqd", z, w.W_O[readers])
-        return new_result - per_row(clean.result, readers)[..., queries, :].sum(2)
+        return attend(q, k, v, w.divisor, queries) - per_row(clean.z, readers)[..., queries, :]
+
+    def _after_heads(self, layer: int, port: int, heads: Tensor, z_change: Float[Tensor, "r batch readers queries e"],
+                     queries: Tensor) -> Float[Tensor, "r batch queries d"]:
+        """The residual after the layer's MLP at ``queries`` when row ``r``'s readers' outputs move by
+        ``z_change[r]``; the MLP's input product from the heads' own (:class:`MLPAfterHeads`) where that is
+        cheaper."""
+        readers = self._readers(port, heads)
+        change = torch.einsum("rbaqe,raed->rbqd", z_change, self.pieces.layers[layer].W_O[readers])
+        mid = self.clean_layer(layer).resid_mid[:, queries].unsqueeze(0) + change
+        # in the last layer the MLP runs at the metric position alone: too few tokens per row for the
+        # per-head products to pay for their own overhead
+        after = None if layer == self.n_layers - 1 else self.mlp_after_heads(layer)
+        if after is None or not after.worth_it(readers.shape[1]):
+            return mid + self.pieces.mlp(layer, mid)
+        z_change = z_change.transpose(2, 3).flatten(-2)  # [r, B, Q, readers * d_head]
+        out = torch.empty_like(mid)
+        for part in row_chunks(len(heads), mid.shape[1] * mid.shape[2], mid.device):
+            hidden = mid.new_empty(*mid[part].shape[:-1], after.clean.shape[-1])
+            for head in heads[part].unique():  # rows whose changes come from the same heads: one product
+                rows = (heads[part] == head).nonzero().flatten()
+                at = rows + part.start
+                first = int(readers[at[0], 0])
+                hidden[rows] = after.hidden(slice(first, first + readers.shape[1]), z_change[at], mid[at])
+            out[part] = mid[part] + self.pieces.mlp_out(layer, hidden).view_as(mid[part])
+        return out
 
     def _readers(self, port: int, heads: Tensor) -> Int[Tensor, "r readers"]:
         """The query heads whose results change with head ``heads[r]``'s ``port`` input."""

@@ -13,6 +13,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import mechwork
 from mechwork.discovery import DiscoveryTask, _exact_fast, _layer_pieces, discover
@@ -129,3 +130,18 @@ def test_acdc_from_the_pieces_finds_the_circuit_one_trial_at_a_time_finds(root, 
     ours = _without_slow_path(lambda: discover(model, graph, task, "acdc", threshold=0.005))
     assert ours.circuit == reference.circuit
     torch.testing.assert_close(ours.scores, reference.scores, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["as is", "broken: erf GELU"])
+def test_the_tanh_gelu_equals_pytorchs(variant):
+    """The pieces' tanh GELU (``x sigmoid(2u)`` on a CPU in float32) against PyTorch's tanh form in float64,
+    over every magnitude a residual reaches, on a strided view (a gated MLP's half) as well."""
+    x = torch.cat([torch.linspace(-40, 40, 200_001), torch.randn(20_000) * 3, torch.tensor([0.0, -0.0, 1e-30])])
+    expected = F.gelu(x.double(), approximate="tanh")
+    activation = _layer_pieces.tanh_gelu_ if variant == "as is" else F.gelu
+    strided = torch.stack([x, x], dim=1)[:, 0]
+    got = [activation(x.clone()), activation(strided)]
+    for value in got:
+        _checked(variant != "as is", lambda v=value: torch.testing.assert_close(v.double(), expected, atol=1e-6,
+                                                                                 rtol=2e-6))
+    torch.testing.assert_close(_layer_pieces.tanh_gelu_(x.double()), expected)  # PyTorch's own in float64
