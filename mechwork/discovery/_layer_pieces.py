@@ -54,9 +54,10 @@ ACTIVATIONS = {"gelu_new": tanh_gelu_, "gelu_pytorch_tanh": tanh_gelu_, "gelu": 
 
 
 # Tokens per fused run on a CPU: small enough that a block's intermediates (the MLP's hidden layer above all)
-# stay in cache between its matmuls and activation. On GPT-2 small's shape at 2 CPU cores, blocks over
-# 512 rows x 16 tokens ran 10-13% faster in chunks of 64-96 rows than whole. A GPU runs whole tensors.
-CHUNK_TOKENS = 1536
+# stay in cache between its matmuls and activation. Same-process sweeps at 2 CPU cores, whole blocks: GPT-2
+# small's shape (16 tokens per row) ran fastest at 768-1024 tokens, 5-11% faster than at 1536 (the best before
+# the in-place GELU); the Llama shape of benchmarks/ (32 per row) at 1024. A GPU runs whole tensors.
+CHUNK_TOKENS = 1024
 
 
 def row_chunks(n_rows: int, tokens_per_row: int, device: torch.device) -> list[slice]:
