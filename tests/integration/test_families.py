@@ -21,7 +21,7 @@ from mechwork.cli._architectures import brute_force_resid_pre  # plain TL hooks 
 from mechwork.discovery import DiscoveryTask, discover, methods, top_n
 from mechwork.graph import Graph, ablation_values, clean_start, masked_forward_from, run_circuit
 from mechwork.hooks import activation_patching, cache_activations
-from mechwork.hooks._runner import embed
+from mechwork.hooks._runner import embed, run_from
 from mechwork.models import SlowPathWarning, UnsupportedModelError, structure_of
 from mechwork.models._edge_access import Access
 from tests.edge_reference import all_edges, run_with_edges_ablated
@@ -80,6 +80,26 @@ def test_logits_equal_hugging_face(name, root):
         ours, theirs = tiny.model(clean), hf(clean).logits
     assert theirs.std() > 0.3  # weights at a scale where every layer matters
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::mechwork.models.SlowPathWarning")  # resuming non-GPT-2 families
+@pytest.mark.parametrize("name", FAMILIES)
+def test_logits_at_one_position_unembed_that_position_alone(name, root):
+    """``run_from`` at a position equals the full run's logits there, an edit of the final residual
+    included (it must run before the run is cut at the final residual), and unembeds one position only."""
+    model = tiny_family(name, root).model
+    clean, _ = prompts()
+    last = model.cfg.n_layers - 1
+    shift = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    edit = (f"blocks.{last}.hook_resid_post", lambda act, hook: act + shift)
+    unembedded = []
+    spy = ("unembed.hook_in", lambda act, hook: unembedded.append(act.shape[1]))
+    with torch.no_grad():
+        resid = embed(model, clean)
+        at_position = run_from(model, resid, 0, position=3, fwd_hooks=[edit, spy])
+        full = model.run_with_hooks(clean, fwd_hooks=[edit])
+    assert unembedded == [1]
+    torch.testing.assert_close(at_position, full[:, 3], atol=1e-5, rtol=1e-5)
 
 
 def _hf_kv_heads(config) -> int:
