@@ -5,7 +5,8 @@ it is not; the small model's ratio (extrapolated / measured) says how far to tru
 
 * **exact**: ``discover(model, graph, task, "exact", nodes=False)`` itself runs, with its per-chunk worker
   wrapped: in every destination group (a layer's q/k/v inputs, a layer's MLP, the logits) one chunk of
-  ``max_rows // batch`` edges spread evenly over the group (q, k and v, every head) is computed and timed;
+  ``max_rows // batch`` consecutive edges from the middle of the group (as exact cuts its chunks) is
+  computed and timed;
   the group's other chunks are skipped. Estimate = the run's wall time outside chunks (clean run,
   ablation values, set-up) + sum over groups of (edges in group) x (sampled seconds per edge).
 * **naive**: ``samples`` edges per group, spread the same way, through :func:`naive_edge_patching`;
@@ -69,9 +70,17 @@ def spread(items: list, k: int) -> list:
     return [items[(2 * i + 1) * len(items) // (2 * k)] for i in range(k)]
 
 
+def middle(items: list, k: int) -> list:
+    """``k`` consecutive items from the middle of ``items`` (all of them when there are no more than ``k``)."""
+    first = max(0, (len(items) - k) // 2)
+    return list(items[first : first + k])
+
+
 def group_samples(graph: Graph, k: int) -> dict[tuple[int | None, str], list[int]]:
-    """Per destination group, ``k`` flat edge indices spread evenly over it."""
-    return {g: spread(list(graph.group_edges(*g)), k) for g in groups(graph)}
+    """Per destination group, ``k`` consecutive flat edge indices from its middle: a chunk as exact itself
+    cuts them (consecutive edges share a port and a head or two, which exact's per-head MLP products rely
+    on; edges spread over every head made a sampled chunk dearer per edge than the run's own chunks)."""
+    return {g: middle(list(graph.group_edges(*g)), k) for g in groups(graph)}
 
 
 # ---- exact --------------------------------------------------------------------------------------

@@ -119,7 +119,7 @@ def small_model_check(report: Report, args) -> dict[str, float]:
 
     ratios = {}
     ratios["exact"] = exact_x.median / exact_full.median
-    report.result("exact, extrapolated from one spread chunk per group / measured", ratios["exact"],
+    report.result("exact, extrapolated from one chunk per group / measured", ratios["exact"],
                   f"{ratios['exact']:.2f}", EXTRAPOLATION, how="check",
                   detail=f"extrapolated {exact_x.fmt(1, 2, ' s')} from {exact_est[0].n_sampled} sampled edges")
     ratios["naive"] = naive_x.median / naive_full.median
@@ -209,7 +209,7 @@ def gpt2_small(report: Report, args, check: dict[str, float]) -> None:
     naive_x = spread_of(e.total for e in naive_est)
     report.result("exact patching, every edge", exact_x.median, exact_x.fmt(1 / 60, 1, " min"), how="extrapolated",
                   detail=f"{graph.n_edges / exact_x.median:.1f} edges/s; from {exact_est[0].n_sampled} edges, one "
-                         f"spread chunk per group (small-model check: x{check['exact']:.2f} of measured)")
+                         f"chunk per group, from its middle (small-model check: x{check['exact']:.2f} of measured)")
     report.result("naive loop, every edge", naive_x.median, naive_x.fmt(1 / 60, 0, " min"), how="extrapolated",
                   detail=f"{graph.n_edges / naive_x.median:.1f} edges/s; {args.samples} edges per group "
                          f"(small-model check: x{check['naive']:.2f})")
