@@ -9,7 +9,8 @@ it is not; the small model's ratio (extrapolated / measured) says how far to tru
   computed and timed;
   the group's other chunks are skipped. Estimate = the run's wall time outside chunks (clean run,
   ablation values, set-up) + sum over groups of (edges in group) x (sampled seconds per edge).
-* **naive**: ``samples`` edges per group, spread the same way, through :func:`naive_edge_patching`;
+* **naive**: ``samples`` edges per group, spread evenly over it (over exact's sampled chunk where the two
+  are compared), through :func:`naive_edge_patching`;
   estimate = cache set-up + sum over groups of (edges in group) x (median seconds per sampled edge).
 * **ACDC, every edge tested**: ``discover(..., "acdc", threshold=-inf)`` keeps every edge, so no node is
   ever disconnected and every edge gets its trial (the most ACDC can run). ACDC runs its trials in calls of
@@ -79,14 +80,16 @@ def middle(items: list, k: int) -> list:
 def group_samples(graph: Graph, k: int) -> dict[tuple[int | None, str], list[int]]:
     """Per destination group, ``k`` consecutive flat edge indices from its middle: a chunk as exact itself
     cuts them (consecutive edges share a port and a head or two, which exact's per-head MLP products rely
-    on; edges spread over every head made a sampled chunk dearer per edge than the run's own chunks)."""
+    on; edges spread over every head made a sampled chunk dearer per edge than the run's own chunks). An
+    attention group's middle is its k port's edges: under grouped-query attention a k row changes a group
+    of query heads and costs a little more than a q row, so the estimate leans high there."""
     return {g: middle(list(graph.group_edges(*g)), k) for g in groups(graph)}
 
 
 # ---- exact --------------------------------------------------------------------------------------
 def sampled_exact(model, graph: Graph, task, per_group: int | None = None, max_rows: int = 512) -> Estimate:
-    """Run exact with ``per_group`` edges (default: one chunk, ``max_rows // batch``), spread evenly over
-    each destination group, computed as one chunk; see the module docstring."""
+    """Run exact with ``per_group`` edges (default: one chunk, ``max_rows // batch``), consecutive, from the
+    middle of each destination group, computed as one chunk; see the module docstring."""
     original = exact_module._run_chunk
     signature = inspect.signature(original)
     for name in ("layer", "kind", "chunk"):

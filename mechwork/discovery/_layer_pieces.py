@@ -8,9 +8,9 @@ grouped-query attention (query head ``h`` reads key/value head ``h // (heads / k
 Gemma's ``1 + weight``), called without the bridge's hooks.
 
 Everything else is fused for whole-block runs: one matmul for q, k and v, one for the MLP's gate and up
-projections, PyTorch's fused attention and activation (about 1.5x faster than the bridge's modules on
-GPT-2, whose GELU alone is six elementwise passes). The per-head weights stay available for the runs that
-change one head's input (``_exact_fast.py``, ``_acdc_fast.py``).
+projections, PyTorch's fused attention, one activation call (GPT-2's tanh GELU in four in-place passes on
+a CPU, :func:`tanh_gelu_`); about 1.5x faster than the bridge's modules on GPT-2. The per-head weights
+stay available for the runs that change one head's input (``_exact_fast.py``, ``_acdc_fast.py``).
 
 The pieces are used where the structure declares they describe a family
 (``ModelStructure.layer_pieces``), and every use is checked against the bridge's clean logits first
@@ -40,8 +40,9 @@ def tanh_gelu_(x: Tensor) -> Tensor:
     """GPT-2's tanh GELU, ``0.5 x (1 + tanh(u))`` with ``u = sqrt(2/pi) (x + 0.044715 x^3)``, which may
     overwrite ``x``. On a CPU in float32 it is computed as ``x sigmoid(2u)`` (the same function): PyTorch's
     CPU kernel for the tanh form is about 2x slower than these four passes, and the activation is 7% of
-    exact patching's time on GPT-2. Elsewhere (a GPU's fused kernel, bf16's rounding) PyTorch's own."""
-    if x.device.type != "cpu" or x.dtype != torch.float32:
+    exact patching's time on GPT-2. Elsewhere (a GPU's fused kernel, bf16's rounding, a tensor autograd
+    tracks, which an in-place product would break) PyTorch's own."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.requires_grad:
         return F.gelu(x, approximate="tanh")
     gate = torch.addcmul(x.new_tensor(_GELU_LINEAR), x, x, value=_GELU_CUBIC)  # 2u / x
     return x.mul_(gate.mul_(x).sigmoid_())
@@ -241,8 +242,9 @@ class LayerPieces:
         w = self.layers[layer]
         return self.mlp_out(layer, torch.addmm(w.b_mlp_in, w.ln2(x).flatten(0, -2), w.W_mlp_in)).view_as(x)
 
-    def mlp_out(self, layer: int, hidden: Float[Tensor, "*tokens mlp_in"]) -> Float[Tensor, "tokens d"]:
-        """The MLP's output from its input projection (gate and up side by side for a gated MLP)."""
+    def mlp_out(self, layer: int, hidden: Float[Tensor, "*lead mlp_in"]) -> Float[Tensor, "tokens d"]:
+        """The MLP's output from its input projection (gate and up side by side for a gated MLP), every
+        leading dimension flattened into tokens. Consumes ``hidden``: the activation may write into it."""
         w, hidden = self.layers[layer], hidden.flatten(0, -2)
         if self.gated:
             half = hidden.shape[-1] // 2  # slices, not chunk(): the activation may write into the gate half

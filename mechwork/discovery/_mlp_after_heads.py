@@ -12,7 +12,8 @@ row of ``W_O``; an RMSNorm does not centre). ``centre(mid) W'`` is computed once
 run, ``centre(W_O^a) W'`` once per head, so each row pays ``|A| d_head`` instead of ``d_model`` multiply-adds per
 MLP input feature; ``scale(mid')`` needs ``mid'`` itself, which is cheap (``d_model`` per token).
 Exact patching's head edges go through here (``_exact_fast.py``); the result equals running the MLP on
-``mid'`` up to rounding, which the tests check against the bridge's own blocks.
+``mid'`` up to rounding: ``tests/integration/test_mlp_after_heads.py`` checks it against the MLP run on the
+changed row through the model's own norm, and exact's scores against the bridge's blocks.
 """
 
 from __future__ import annotations
@@ -52,12 +53,12 @@ class MLPAfterHeads:
         ``d_model``."""
         return readers * self.d_head < self.norm.weight.shape[0]
 
-    def hidden(self, heads: slice, dz: Float[Tensor, "rows batch pos readers_d_head"],
+    def hidden(self, readers: slice, dz: Float[Tensor, "rows batch pos readers_d_head"],
                mid: Float[Tensor, "rows batch pos d"]) -> Float[Tensor, "rows batch pos mlp_in"]:
         """The MLP's input product (bias included) at ``mid`` (every position), the clean mid changed only by
-        the query heads ``heads`` (consecutive: one query head, or a key/value head's group), whose outputs
+        the query heads ``readers`` (consecutive: one query head, or a key/value head's group), whose outputs
         moved by ``dz`` (side by side)."""
-        products = self.per_head[heads.start * self.d_head : heads.stop * self.d_head]
+        products = self.per_head[readers.start * self.d_head : readers.stop * self.d_head]
         out = (dz.flatten(0, -2) @ products).view(*dz.shape[:-1], -1)
         out += self.clean
         return torch.addcmul(self.bias, out, self.norm.scale(mid))

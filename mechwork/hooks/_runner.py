@@ -138,12 +138,12 @@ def run_from(
 ) -> Tensor:
     """Logits from the residual stream entering block ``layer`` (``layer == n_layers``: the final residual).
 
-    With ``position`` set, returns ``[batch, vocab]`` logits at that position only.
+    With ``position`` set, returns ``[batch, vocab]`` logits at that position only: the final norm and the
+    unembedding run there alone (their hooks see ``[batch, 1, d_model]``), on every family.
     """
     fast = _resumable(model)
     if not fast and position is not None and layer < n_layers(model):
-        with hooked(model, [*resumed_hooks(model, resid, layer, fwd_hooks), *_stop_at_final_residual(model)]):
-            return _unembed(model, _fallback_final_residual(model, resid, layer)[:, [position]])[:, 0]
+        return _fallback_at_position(model, resid, layer, position, fwd_hooks)
     with hooked(model, fwd_hooks if fast else resumed_hooks(model, resid, layer, fwd_hooks)):
         if fast:
             x = _standalone_from(model, resid, layer) if layer < n_layers(model) else resid
@@ -170,13 +170,15 @@ def _stop_at_final_residual(model) -> HookList:
     return [(f"blocks.{n_layers(model) - 1}.hook_resid_post", stop)]
 
 
-def _fallback_final_residual(model, resid: Tensor, layer: int) -> Tensor:
-    """The residual the unembedding reads, from the bridge's ``start_at_layer`` run stopped by
-    :func:`_stop_at_final_residual` (which the caller's hooks hold)."""
-    try:
-        model(resid, start_at_layer=layer)
-    except _FinalResidual as stop:
-        return stop.residual
+def _fallback_at_position(model, resid: Tensor, layer: int, position: int, fwd_hooks: HookList) -> Tensor:
+    """``[batch, vocab]`` logits at ``position`` from the bridge's ``start_at_layer`` run, ended at the final
+    residual by :func:`_stop_at_final_residual` after ``fwd_hooks`` have run, then unembedded there alone
+    (hooks on the final norm and the unembedding see that one position, as on the resumable path)."""
+    with hooked(model, [*resumed_hooks(model, resid, layer, fwd_hooks), *_stop_at_final_residual(model)]):
+        try:
+            model(resid, start_at_layer=layer)
+        except _FinalResidual as reached:
+            return _unembed(model, reached.residual[:, [position]])[:, 0]
     raise RuntimeError(f"the forward never reached blocks.{n_layers(model) - 1}.hook_resid_post")
 
 
@@ -196,9 +198,8 @@ def run_layer_then_rest(
     """
     if layer < n_layers(model) and not _resumable(model):
         if position is not None:
-            stop = _stop_at_final_residual(model)
-            with hook_flags(model, **flags), hooked(model, [*resumed_hooks(model, resid, layer, layer_hooks), *stop]):
-                return _unembed(model, _fallback_final_residual(model, resid, layer)[:, [position]])[:, 0]
+            with hook_flags(model, **flags):
+                return _fallback_at_position(model, resid, layer, position, layer_hooks)
         with hook_flags(model, **flags), hooked(model, resumed_hooks(model, resid, layer, layer_hooks)):
             return _fallback_from(model, resid, layer)
     x = resid

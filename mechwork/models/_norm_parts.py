@@ -30,11 +30,18 @@ class NormParts:
     bias: Float[Tensor, " d"]
 
     def centre(self, x: Float[Tensor, "*rows d"]) -> Float[Tensor, "*rows d"]:
-        return x - x.mean(-1, keepdim=True) if self.centred else x
+        if not self.centred:
+            return x
+        wide = x.float()  # statistics in float32, as Hugging Face's norms take them
+        return (wide - wide.mean(-1, keepdim=True)).to(x.dtype)
 
     def scale(self, x: Float[Tensor, "*rows d"]) -> Float[Tensor, "*rows 1"]:
-        """``1 / sqrt(mean(centre(x)^2) + eps)``, one per row."""
-        return torch.rsqrt(self.centre(x).square().mean(-1, keepdim=True) + self.eps)
+        """``1 / sqrt(mean(centre(x)^2) + eps)``, one per row, taken in float32 (a half-precision square
+        overflows at residual norms in the hundreds) and returned in ``x``'s dtype."""
+        wide = x.float()
+        if self.centred:
+            wide = wide - wide.mean(-1, keepdim=True)
+        return torch.rsqrt(wide.square().mean(-1, keepdim=True) + self.eps).to(x.dtype)
 
     def __call__(self, x: Float[Tensor, "*rows d"]) -> Float[Tensor, "*rows d"]:
         return self.centre(x) * self.scale(x) * self.weight + self.bias
