@@ -39,18 +39,18 @@ def random_gpt2(name: str, seed: int = 0, **config):
     return mechwork.load(folder, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def random_llama(name: str, seed: int = 0, **config):
+def random_llama(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, **config):
     """A Llama with random weights (``LlamaConfig(**config)``, vocabulary 32,000 unless given), saved once
-    under ``bench_out/`` and booted through ``mechwork.load``."""
+    under ``bench_out/`` (in ``dtype``) and booted through ``mechwork.load`` in ``dtype``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = BENCH_DIR / name
     if not (folder / "config.json").is_file():
         torch.manual_seed(seed)
         cfg = LlamaConfig(**{"vocab_size": 32000, **config})
-        LlamaForCausalLM(cfg).save_pretrained(folder)
+        LlamaForCausalLM(cfg).to(dtype).save_pretrained(folder)
         word_level_tokenizer([f"t{i}" for i in range(cfg.vocab_size)], "t0").save_pretrained(folder)
-    return mechwork.load(folder, device="cuda" if torch.cuda.is_available() else "cpu")
+    return mechwork.load(folder, device="cuda" if torch.cuda.is_available() else "cpu", dtype=dtype)
 
 
 def llama_random(name: str = "llama-8x512-gqa-random", seed: int = 0):

@@ -65,6 +65,12 @@ MIB = 2**20
 RESULT_TAG = "MEMORY-RESULT "
 LLAMA = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 4,
          "intermediate_size": 4864, "max_position_embeddings": 512}
+# Llama-3-8B's shape (issue 17's bf16 figure; CUDA only: 16 GB of weights), and a tiny stand-in in the same
+# dtype that runs the same code on a CPU (``--llama-8b-standin``)
+LLAMA_8B = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "intermediate_size": 14336, "vocab_size": 128256, "rope_theta": 500000.0, "max_position_embeddings": 8192}
+LLAMA_8B_STANDIN = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 1,
+                    "intermediate_size": 448, "vocab_size": 1000, "max_position_embeddings": 256}
 LLAMA_QUICK = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 2,
                "intermediate_size": 688, "max_position_embeddings": 512}
 
@@ -112,6 +118,10 @@ class PeakMeter:
 
 
 def load_model(name: str, quick: bool):
+    if name in ("llama8b", "llama8b-standin"):
+        big = name == "llama8b"
+        return random_llama("llama3-8b-shape-bf16-random" if big else "llama-8b-standin-bf16-random",
+                            dtype=torch.bfloat16, **(LLAMA_8B if big else LLAMA_8B_STANDIN))
     if name == "gpt2" and quick:  # the same small model as benchmarks/discovery.py --quick
         return random_gpt2("gpt2-2x128-random", n_layer=2, n_embd=128, n_head=4, vocab_size=1000)
     if name == "gpt2":
@@ -273,6 +283,27 @@ def model_ratios(report: Report, args, name: str, repeats: int) -> None:
                       detail=f"{label} {mib(peak)}, {run['seconds']:.1f} s")
 
 
+def llama_8b_bf16(report: Report, args) -> None:
+    """EAP-IG (5 steps) on a Llama-3-8B-shaped random model in bf16 at batch 8 x 128: its peak (and the plain
+    forward+backward's) in GiB, and their ratio. Needs a CUDA GPU; the stand-in runs the same code on a CPU."""
+    name = "llama8b-standin" if args.llama_8b_standin else "llama8b"
+    if name == "llama8b" and not torch.cuda.is_available():
+        print("-- Llama-3-8B shape, bf16: not run: it needs a CUDA GPU (16 GB of bf16 weights; no GPU here). "
+              "`--llama-8b-standin` runs the same code on a tiny model")
+        return
+    spec = {"model": name, "prompts": args.batch, "batch": args.batch, "seq": args.seq, "quick": False}
+    base, info = repeated({**spec, "what": "forward+backward"}, 1)
+    shape = "Llama-3-8B shape, bf16" if name == "llama8b" else "Llama-3-8B stand-in (tiny), bf16"
+    print(f"-- {shape}: {info['parameters'] / 1e6:,.0f} M parameters, {info['edges']} edges, {args.batch} x "
+          f"{args.seq} tokens")
+    report.result(f"plain forward+backward peak, {shape} (baseline)", base.median, mib(base),
+                  detail=f"{info['seconds']:.1f} s")
+    peak, run = repeated({**spec, "what": "eap-ig"}, 1)
+    ratio = peak.median / base.median
+    report.result(f"EAP-IG (5 steps) peak / forward+backward peak, {shape}", ratio, f"{ratio:.2f}x", RATIO,
+                  detail=f"EAP-IG {peak.median / 2**30:.2f} GiB added over the loaded model, {run['seconds']:.1f} s")
+
+
 def prompt_counts(report: Report, args, repeats: int) -> None:
     spec = {"model": "gpt2", "batch": args.batch, "seq": args.prompts_seq, "quick": args.quick}
     print(f"-- {shape_name('gpt2', args.quick)}: {args.batch} vs {args.prompts} prompts, batch_size {args.batch}, "
@@ -313,6 +344,9 @@ def main() -> int:
     parser.add_argument("--skip-llama", action="store_true", help="skip the Llama-shaped model")
     parser.add_argument("--skip-prompts", action="store_true", help="skip the --batch vs --prompts comparison")
     parser.add_argument("--breakdown", action="store_true", help="only where EAP's peak goes")
+    parser.add_argument("--skip-llama-8b", action="store_true", help="skip the Llama-3-8B-shaped bf16 EAP-IG")
+    parser.add_argument("--llama-8b-standin", action="store_true",
+                        help="run the Llama-3-8B part on a tiny bf16 stand-in (a CPU check of the same code)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one measurement, in this process
     args = parser.parse_args()
     if args.measure:
@@ -333,6 +367,8 @@ def main() -> int:
         model_ratios(report, args, "llama", args.llama_repeats)
     if not args.skip_prompts:
         prompt_counts(report, args, args.prompt_repeats)
+    if not args.skip_llama_8b:
+        llama_8b_bf16(report, args)
     breakdown(args)
     return report.finish(args.check)
 
