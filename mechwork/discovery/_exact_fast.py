@@ -184,15 +184,14 @@ class FastExact:
         out = torch.empty_like(mid)
         for part in row_chunks(len(heads), mid.shape[1] * mid.shape[2], mid.device):
             hidden = mid.new_empty(*mid[part].shape[:-1], after.clean.shape[-1])
-            # rows whose changes come from the same heads share one product; grouped on the host once per
-            # chunk (one device sync, not one per head)
+            # rows whose changes come from the same (consecutive) readers share one product; grouped on the
+            # host once per chunk (one device sync, not one per group)
             same: dict[int, list[int]] = {}
-            for row, head in enumerate(heads[part].tolist()):
-                same.setdefault(head, []).append(row)
-            for head, members in same.items():
+            for row, first in enumerate(readers[part, 0].tolist()):
+                same.setdefault(first, []).append(row)
+            for first, members in same.items():
                 rows = torch.tensor(members, device=mid.device)
                 at = rows + part.start
-                first = head if port == 0 else head * self.pieces.group  # = readers[at[0], 0]
                 hidden[rows] = after.hidden(slice(first, first + readers.shape[1]), z_change[at], mid[at])
             out[part] = mid[part] + self.pieces.mlp_out(layer, hidden).view_as(mid[part])
         return out

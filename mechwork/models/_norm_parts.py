@@ -38,9 +38,7 @@ class NormParts:
     def scale(self, x: Float[Tensor, "*rows d"]) -> Float[Tensor, "*rows 1"]:
         """``1 / sqrt(mean(centre(x)^2) + eps)``, one per row, taken in float32 (a half-precision square
         overflows at residual norms in the hundreds) and returned in ``x``'s dtype."""
-        wide = x.float()
-        if self.centred:
-            wide = wide - wide.mean(-1, keepdim=True)
+        wide = self.centre(x.float())
         return torch.rsqrt(wide.square().mean(-1, keepdim=True) + self.eps).to(x.dtype)
 
     def __call__(self, x: Float[Tensor, "*rows d"]) -> Float[Tensor, "*rows d"]:
