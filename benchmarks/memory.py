@@ -132,6 +132,8 @@ def load_model(name: str, quick: bool):
 
 
 def shape_name(name: str, quick: bool) -> str:
+    if name.startswith("llama8b"):  # never --quick: the stand-in is its small version
+        return "Llama-3-8B stand-in (tiny), bf16" if name.endswith("standin") else "Llama-3-8B shape, bf16"
     if quick:
         return "small GPT-2 (--quick)" if name == "gpt2" else "small Llama (--quick)"
     return "GPT-2 small shape" if name == "gpt2" else "Llama shape"
@@ -268,7 +270,10 @@ def mib(spread: Spread) -> str:
     return spread.fmt(1 / MIB, 0, " MiB")
 
 
-def model_ratios(report: Report, args, name: str, repeats: int) -> None:
+MEASURED = (("eap", "EAP"), ("eap-ig", "EAP-IG (5 steps)"), ("circuit", "circuit evaluation"))
+
+
+def model_ratios(report: Report, args, name: str, repeats: int, measured=MEASURED) -> None:
     spec = {"model": name, "prompts": args.batch, "batch": args.batch, "seq": args.seq, "quick": args.quick}
     base, info = repeated({**spec, "what": "forward+backward"}, repeats)
     shape = shape_name(name, args.quick)
@@ -276,7 +281,7 @@ def model_ratios(report: Report, args, name: str, repeats: int) -> None:
           f"{args.seq} tokens, {repeats} fresh process(es) per figure")
     report.result(f"plain forward+backward peak, {shape} (baseline)", base.median, mib(base),
                   detail=f"{info['seconds']:.1f} s")
-    for what, label in (("eap", "EAP"), ("eap-ig", "EAP-IG (5 steps)"), ("circuit", "circuit evaluation")):
+    for what, label in measured:
         peak, run = repeated({**spec, "what": what}, repeats)
         ratio = peak.median / base.median
         report.result(f"{label} peak / forward+backward peak, {shape}", ratio, f"{ratio:.2f}x", RATIO,
@@ -284,24 +289,14 @@ def model_ratios(report: Report, args, name: str, repeats: int) -> None:
 
 
 def llama_8b_bf16(report: Report, args) -> None:
-    """EAP-IG (5 steps) on a Llama-3-8B-shaped random model in bf16 at batch 8 x 128: its peak (and the plain
-    forward+backward's) in GiB, and their ratio. Needs a CUDA GPU; the stand-in runs the same code on a CPU."""
+    """EAP-IG (5 steps) on a Llama-3-8B-shaped random model in bf16 at batch 8 x 128: its peak, the plain
+    forward+backward's, and their ratio. Needs a CUDA GPU; the stand-in runs the same code on a CPU."""
     name = "llama8b-standin" if args.llama_8b_standin else "llama8b"
     if name == "llama8b" and not torch.cuda.is_available():
         print("-- Llama-3-8B shape, bf16: not run: it needs a CUDA GPU (16 GB of bf16 weights; no GPU here). "
               "`--llama-8b-standin` runs the same code on a tiny model")
         return
-    spec = {"model": name, "prompts": args.batch, "batch": args.batch, "seq": args.seq, "quick": False}
-    base, info = repeated({**spec, "what": "forward+backward"}, 1)
-    shape = "Llama-3-8B shape, bf16" if name == "llama8b" else "Llama-3-8B stand-in (tiny), bf16"
-    print(f"-- {shape}: {info['parameters'] / 1e6:,.0f} M parameters, {info['edges']} edges, {args.batch} x "
-          f"{args.seq} tokens")
-    report.result(f"plain forward+backward peak, {shape} (baseline)", base.median, mib(base),
-                  detail=f"{info['seconds']:.1f} s")
-    peak, run = repeated({**spec, "what": "eap-ig"}, 1)
-    ratio = peak.median / base.median
-    report.result(f"EAP-IG (5 steps) peak / forward+backward peak, {shape}", ratio, f"{ratio:.2f}x", RATIO,
-                  detail=f"EAP-IG {peak.median / 2**30:.2f} GiB added over the loaded model, {run['seconds']:.1f} s")
+    model_ratios(report, args, name, 1, measured=MEASURED[1:2])
 
 
 def prompt_counts(report: Report, args, repeats: int) -> None:
